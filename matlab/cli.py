@@ -1,0 +1,168 @@
+"""The `matformer` command: each subcommand parses options, calls one library function, prints.
+
+Heavy imports (torch, transformers) happen inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from matlab.errors import MatformerError
+
+app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+configs_app = typer.Typer(help="Slice config files.", no_args_is_help=True)
+app.add_typer(configs_app, name="configs")
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint directory or hub id.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Bundled architecture, e.g. gemma-3n-e4b.")]
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn library errors into one red line on stderr and the error's exit code."""
+    try:
+        yield
+    except MatformerError as error:
+        errors.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+        raise typer.Exit(error.exit_code) from None
+
+
+def _facts(checkpoint: str | None, arch: str | None):
+    from matlab.architecture import facts_from_arch, facts_from_checkpoint
+    from matlab.resolve import resolve_checkpoint
+
+    if (checkpoint is None) == (arch is None):
+        errors.print("[bold red]error:[/] give exactly one of --checkpoint or --arch", highlight=False)
+        raise typer.Exit(2)
+    if arch is not None:
+        return facts_from_arch(arch), None
+    directory = resolve_checkpoint(checkpoint)
+    return facts_from_checkpoint(directory), directory
+
+
+@configs_app.command("import")
+def configs_import(csv_path: Annotated[Path, typer.Argument(help="Google's slicing-configs CSV.")],
+                   out: Annotated[Path, typer.Option("--out", help="Directory for the YAML files.")],
+                   base: Annotated[Optional[str], typer.Option(help="Architecture the configs target.")] = None,
+                   force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False) -> None:
+    """Convert every row of an official slicing-configs CSV into a slice config YAML."""
+    from matlab.csv_import import import_official_csv
+
+    with reported_errors():
+        written = import_official_csv(csv_path, out, base=base, force=force)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YAML files.")],
+             checkpoint: CheckpointOpt = None, arch: ArchOpt = None) -> None:
+    """Check slice configs against an architecture; report every problem, exit 1 if any is an error."""
+    from matlab.validation import check_config_files
+
+    with reported_errors():
+        facts, _ = _facts(checkpoint, arch)
+        report = check_config_files(configs, facts)
+    failed = 0
+    for path, problems in report.items():
+        bad = [problem for problem in problems if problem.severity == "error"]
+        failed += bool(bad)
+        for problem in problems:
+            style = "red" if problem.severity == "error" else "yellow"
+            errors.print(f"[{style}]{problem.severity}:[/] {problem}", highlight=False)
+        if not bad:
+            console.print(f"[green]ok[/] {path}", highlight=False)
+    if failed:
+        errors.print(f"{failed} of {len(report)} config(s) invalid", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def params(checkpoint: CheckpointOpt = None, arch: ArchOpt = None,
+           config: Annotated[Optional[Path], typer.Option("--config", help="Slice config to account.")] = None,
+           text_only: Annotated[bool, typer.Option(help="Account the text-only checkpoint.")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Exact parameter counts of a model or of a slice of it."""
+    from matlab.accounting import count_parameters
+    from matlab.inventory import inventory_from_checkpoint, inventory_from_facts
+    from matlab.plan import SlicePlan
+    from matlab.slice_config import load_slice_config
+
+    with reported_errors():
+        facts, directory = _facts(checkpoint, arch)
+        inventory = inventory_from_checkpoint(directory) if directory else inventory_from_facts(facts)
+        slice_config = load_slice_config(config) if config else None
+        plan = SlicePlan.build(slice_config, facts, str(config)) if slice_config else None
+        report = count_parameters(inventory, facts, plan, text_only=text_only)
+    stated = slice_config.reference.effective_params_b if slice_config and slice_config.reference else None
+    if as_json:
+        payload = {**report.as_dict(), "model": facts.name, "config": slice_config.name if slice_config else None,
+                   "stated_effective_params_b": stated}
+        console.print_json(json.dumps(payload))
+        return
+    title = f"{facts.name}" + (f" sliced by {slice_config.name}" if slice_config else "")
+    table = Table(title=title)
+    table.add_column("parameters")
+    table.add_column("count", justify="right")
+    table.add_column("stated", justify="right")
+    rows = [("effective", report.effective_params), ("per-layer embeddings (PLE)", report.ple_params),
+            ("token embeddings", report.embedding_params), ("text total", report.text_params),
+            ("audio tower", report.audio_params), ("vision tower", report.vision_params),
+            ("multimodal embedders", report.multimodal_embedder_params), ("total", report.total_params)]
+    for label, count in rows:
+        table.add_row(label, f"{count:,}", f"{stated}B" if label == "effective" and stated is not None else "")
+    table.add_row(f"bytes ({report.dtype})", f"{report.total_bytes:,}", "")
+    console.print(table)
+    if plan:
+        for warning in plan.warnings:
+            errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@app.command(name="slice")
+def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory or hub id.")],
+                  config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
+                  out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+                  text_only: Annotated[bool, typer.Option(help="Drop audio/vision; write a gemma3n_text checkpoint.")] = False,
+                  max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
+                  force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+    """Write a sliced checkpoint with bounded memory; the output appears only when complete."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from matlab.io.writer import parse_size
+    from matlab.resolve import resolve_checkpoint
+    from matlab.slice_config import load_slice_config
+    from matlab.slicer import slice_checkpoint
+
+    try:
+        shard_bytes = parse_size(max_shard_size)
+    except ValueError as error:
+        errors.print(f"[bold red]error:[/] --max-shard-size: {error}", highlight=False)
+        raise typer.Exit(2) from None
+    command = shlex.join(["matformer", "slice", checkpoint, "--config", str(config), "--out", str(out),
+                          *(["--text-only"] if text_only else []), "--max-shard-size", max_shard_size])
+    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=errors, transient=True)
+    with reported_errors(), progress:
+        task = progress.add_task("slicing", total=None)
+        result = slice_checkpoint(
+            resolve_checkpoint(checkpoint), load_slice_config(config), out, config_source=str(config),
+            text_only=text_only, max_shard_bytes=shard_bytes, force=force, command=command,
+            on_start=lambda total: progress.update(task, total=total),
+            progress=lambda advance: progress.advance(task, advance))
+    for warning in result.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"wrote {result.out}: {len(result.plan.kept_layers)} layers, {result.tensors_written} tensors in "
+                  f"{result.shards} shard(s), {result.bytes_written:,} bytes; effective parameters "
+                  f"{result.params.effective_params:,}", highlight=False)

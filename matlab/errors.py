@@ -1,0 +1,27 @@
+"""Typed errors raised by the library; the CLI turns them into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class MatformerError(Exception):
+    """Base class of every error the workbench raises on bad input."""
+
+    exit_code = 1
+
+
+class SliceConfigError(MatformerError):
+    """A slice config file cannot be read or does not fit the target architecture."""
+
+
+class CheckpointError(MatformerError):
+    """A checkpoint is missing, unreadable or inconsistent with its config.json."""
+
+
+class OutputExistsError(MatformerError):
+    """The output directory exists and is not empty; pass --force to replace it."""
+
+    exit_code = 2
+
+
+class CsvImportError(MatformerError):
+    """A row of an official slicing-configs CSV cannot be converted."""

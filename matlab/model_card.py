@@ -1,0 +1,71 @@
+"""Model card (README.md) and machine-readable provenance written beside a sliced checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+from matlab import __version__
+from matlab.accounting import ParamReport
+from matlab.io.reader import INDEX_NAME
+from matlab.plan import SlicePlan
+
+PROVENANCE_NAME = "matformer_provenance.json"
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def checkpoint_identity(directory: Path) -> dict[str, str | None]:
+    """What identifies a source checkpoint without hashing gigabytes of weights."""
+    return {"path": str(directory.resolve()), "config_sha256": _sha256(directory / "config.json"),
+            "index_sha256": _sha256(directory / INDEX_NAME)}
+
+
+def _param_rows(params: ParamReport) -> list[tuple[str, int]]:
+    return [("effective (text, excluding embeddings and PLE)", params.effective_params),
+            ("per-layer embeddings (PLE)", params.ple_params), ("token embeddings", params.embedding_params),
+            ("text total", params.text_params), ("audio tower", params.audio_params),
+            ("vision tower", params.vision_params), ("multimodal embedders", params.multimodal_embedder_params),
+            ("total", params.total_params)]
+
+
+def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: bool, command: str | None) -> str:
+    config = plan.config
+    lines = [f"# {config.name}: a MatFormer slice of {source.name}", ""]
+    if config.description:
+        lines += [config.description, ""]
+    kind = "text-only (`Gemma3nForCausalLM`)" if text_only or not plan.facts.is_multimodal else \
+        "multimodal (`Gemma3nForConditionalGeneration`), audio and vision towers unchanged"
+    lines += [f"Made by MatFormer Lab {__version__} from `{source}`; {kind}.", "",
+              f"- layers kept: {len(plan.kept_layers)} of {plan.facts.num_layers}",
+              f"- layers skipped: {list(config.layers_skipped) or 'none'}",
+              f"- KV-shared layers: {plan.num_kv_shared_layers}",
+              f"- FFN widths (per kept layer): {list(plan.ffn_widths)}", "",
+              "| parameters | count |", "|---|---:|"]
+    lines += [f"| {label} | {count:,} |" for label, count in _param_rows(params)]
+    lines += [f"| bytes on disk ({params.dtype}) | {params.total_bytes:,} |"]
+    if config.reference and config.reference.effective_params_b is not None:
+        lines += ["", f"The config's source states {config.reference.effective_params_b}B effective parameters "
+                      f"(exact: {params.effective_params / 1e9:.3f}B)."]
+    if command:
+        lines += ["", "Reproduce with:", "", "```", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_card_and_provenance(directory: Path, plan: SlicePlan, params: ParamReport, *, source: Path,
+                              config_source: str, text_only: bool, command: str | None) -> None:
+    (directory / "README.md").write_text(render_card(plan, params, source, text_only, command), encoding="utf-8")
+    provenance = {
+        "tool": "matformer-lab", "tool_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_checkpoint": checkpoint_identity(source),
+        "slice_config": plan.config.model_dump(mode="json"), "slice_config_file": config_source,
+        "slice_config_hash": plan.config.content_hash(),
+        "kept_layers": list(plan.kept_layers), "ffn_widths": list(plan.ffn_widths), "text_only": text_only,
+        "params": params.as_dict(), "command": command,
+    }
+    (directory / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
