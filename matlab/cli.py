@@ -39,6 +39,16 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(error.exit_code) from None
 
 
+def _shard_size(text: str) -> int:
+    from matlab.io.writer import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        errors.print(f"[bold red]error:[/] --max-shard-size: {error}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 def _facts(checkpoint: str | None, arch: str | None):
     from matlab.architecture import facts_from_arch, facts_from_checkpoint
     from matlab.resolve import resolve_checkpoint
@@ -138,31 +148,50 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
                   max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
                   force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
     """Write a sliced checkpoint with bounded memory; the output appears only when complete."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    from matlab.io.writer import parse_size
     from matlab.resolve import resolve_checkpoint
     from matlab.slice_config import load_slice_config
     from matlab.slicer import slice_checkpoint
 
-    try:
-        shard_bytes = parse_size(max_shard_size)
-    except ValueError as error:
-        errors.print(f"[bold red]error:[/] --max-shard-size: {error}", highlight=False)
-        raise typer.Exit(2) from None
+    shard_bytes = _shard_size(max_shard_size)
     command = shlex.join(["matformer", "slice", checkpoint, "--config", str(config), "--out", str(out),
                           *(["--text-only"] if text_only else []), "--max-shard-size", max_shard_size])
-    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=errors, transient=True)
+    progress, on_start, advance = _byte_progress("slicing")
     with reported_errors(), progress:
-        task = progress.add_task("slicing", total=None)
         result = slice_checkpoint(
             resolve_checkpoint(checkpoint), load_slice_config(config), out, config_source=str(config),
             text_only=text_only, max_shard_bytes=shard_bytes, force=force, command=command,
-            on_start=lambda total: progress.update(task, total=total),
-            progress=lambda advance: progress.advance(task, advance))
+            on_start=on_start, progress=advance)
     for warning in result.warnings:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"wrote {result.out}: {len(result.plan.kept_layers)} layers, {result.tensors_written} tensors in "
                   f"{result.shards} shard(s), {result.bytes_written:,} bytes; effective parameters "
                   f"{result.params.effective_params:,}", highlight=False)
+
+
+def _byte_progress(description: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    progress = Progress(f"{description} ", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=errors, transient=True)
+    task = progress.add_task(description, total=None)
+    return progress, (lambda total: progress.update(task, total=total)), (lambda n: progress.advance(task, n))
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+          arch: ArchOpt = None,
+          like: Annotated[Optional[str], typer.Option("--like", help="Copy the architecture of this checkpoint.")] = None,
+          text_only: Annotated[bool, typer.Option(help="Write a gemma3n_text checkpoint.")] = False,
+          seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+          max_shard_size: Annotated[str, typer.Option(help="Largest shard, e.g. 5GB.")] = "5GB",
+          force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+    """Write a random checkpoint with the exact tensor names, shapes and dtype of an architecture."""
+    from matlab.synth import synthesize_checkpoint
+
+    with reported_errors():
+        facts, _ = _facts(like, arch)
+        progress, on_start, advance = _byte_progress("writing")
+        with progress:
+            synthesize_checkpoint(facts, out, text_only=text_only, seed=seed, force=force,
+                                  max_shard_bytes=_shard_size(max_shard_size), on_start=on_start, progress=advance)
+    console.print(f"wrote {out}", highlight=False)

@@ -9,6 +9,7 @@ from matlab.architecture import ArchFacts
 from matlab.errors import CheckpointError
 from matlab.io.reader import CheckpointFiles
 
+INTEGER_DTYPES = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 TORCH_TO_SAFETENSORS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 # Tensors a KV-consumer layer stores in the released checkpoints although transformers 5
 # does not allocate them (see GEMMA3N.md).
@@ -57,7 +58,12 @@ def inventory_from_facts(facts: ArchFacts) -> Inventory:
     except ImportError as error:
         raise CheckpointError(f"{facts.name}: building the multimodal architecture needs timm "
                               f"(pip install 'matformer-lab[vision]'): {error}") from None
-    inventory = {name: StoredTensor(tuple(parameter.shape), dtype) for name, parameter in model.named_parameters()}
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if facts.text_config.get("tie_word_embeddings", True) else set()
+    inventory = {}
+    for name, tensor in model.state_dict().items():  # parameters and persistent buffers, as saved
+        if name not in tied:
+            stored_dtype = dtype if tensor.is_floating_point() else INTEGER_DTYPES[str(tensor.dtype).removeprefix("torch.")]
+            inventory[name] = StoredTensor(tuple(tensor.shape), stored_dtype)
     for name, shape in consumer_kv_shapes(facts).items():
         inventory.setdefault(name, StoredTensor(shape, dtype))
     return inventory

@@ -9,9 +9,7 @@ to a temporary directory beside `--out`, which is renamed into place at the very
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,10 @@ import numpy as np
 
 from matlab.accounting import ParamReport, count_parameters
 from matlab.architecture import facts_from_checkpoint
-from matlab.errors import CheckpointError, OutputExistsError
+from matlab.errors import CheckpointError
 from matlab.inventory import StoredTensor
 from matlab.io.reader import CheckpointFiles, RangeReader, TensorInfo
+from matlab.io.staging import staged_output
 from matlab.io.writer import OutputTensor, ShardedWriter
 from matlab.model_card import write_card_and_provenance
 from matlab.plan import SlicePlan, TensorSpec
@@ -49,25 +48,6 @@ class SliceResult:
     bytes_written: int
     shards: int
     warnings: tuple[Problem, ...]
-
-
-def prepare_output(out: Path, force: bool) -> None:
-    """Refuse a non-empty `out` unless forced; `out` must not be a file."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
-
-
-def publish(temporary: Path, out: Path) -> None:
-    """Move a finished temporary directory to `out`, replacing an old one only at the end."""
-    if out.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, retired / out.name)
-        os.rename(temporary, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(temporary, out)
 
 
 def _copy_tensor(info: TensorInfo, spec: TensorSpec, reader: RangeReader, writer: ShardedWriter,
@@ -125,36 +105,27 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
     source, out = Path(source), Path(out)
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
-    prepare_output(out, force)
     files = CheckpointFiles(source)
     work = plan_tensors(files, plan, text_only)
     outputs = [OutputTensor(spec.target, info.dtype, spec.shape) for info, spec in work]
     inventory = {name: StoredTensor(info.shape, info.dtype) for name, info in files.tensors.items()}
     params = count_parameters(inventory, facts, plan, text_only=text_only)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        writer = ShardedWriter(temporary, outputs, max_shard_bytes)
-        if on_start:
-            on_start(writer.total_size)
-        with RangeReader() as reader:
+    with staged_output(out, force) as temporary:
+        with ShardedWriter(temporary, outputs, max_shard_bytes) as writer, RangeReader() as reader:
+            if on_start:
+                on_start(writer.total_size)
             for info, spec in work:
                 _copy_tensor(info, spec, reader, writer, chunk_bytes, progress)
             bytes_read = reader.bytes_read
-        writer.close()
+            writer.close()
         _verify(temporary, outputs)
         (temporary / "config.json").write_text(json.dumps(plan.sliced_config(text_only), indent=2) + "\n",
                                                encoding="utf-8")
-        names = TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES)
-        for name in names:
+        for name in TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES):
             if (source / name).is_file():
                 shutil.copy2(source / name, temporary / name)
         write_card_and_provenance(temporary, plan, params, source=source, config_source=config_source,
                                   text_only=text_only, command=command)
-        publish(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return SliceResult(out, plan, params, len(outputs), bytes_read, writer.bytes_written, len(writer.shards),
                        plan.warnings)

@@ -124,5 +124,8 @@ class ShardedWriter:
             self._handle.close()
             self._handle = None
 
-    def abort(self) -> None:
-        self._close_handle()
+    def __enter__(self) -> "ShardedWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close_handle()  # on failure the caller's staging directory is removed whole
