@@ -108,8 +108,27 @@ class ArchFacts:
         return (base, base // 2)
 
 
+_PER_LAYER_LISTS = ("layer_types", "activation_sparsity_pattern")
+
+
 def _normalized_text_config(text_config: dict[str, Any], source: str) -> dict[str, Any]:
-    """Fill transformers' defaults (per-layer lists, layer_types) into a text config."""
+    """Per-layer fields as explicit lists, with transformers' defaults where they are missing.
+
+    Released configs state `layer_types` and `activation_sparsity_pattern`; then only an
+    integer `intermediate_size` needs expanding, and torch is never imported (it alone costs
+    the slicer ~0.8 GB of resident memory). Otherwise transformers' config class fills in its
+    own defaults.
+    """
+    if all(isinstance(text_config.get(key), list) for key in _PER_LAYER_LISTS):
+        normalized = dict(text_config)
+        layers = int(normalized["num_hidden_layers"])
+        if not isinstance(normalized.get("intermediate_size"), list):
+            normalized["intermediate_size"] = [int(normalized["intermediate_size"])] * layers
+        for key in (*_PER_LAYER_LISTS, "intermediate_size"):
+            if len(normalized[key]) != layers:
+                raise CheckpointError(f"{source}: {key} has {len(normalized[key])} entries but num_hidden_layers "
+                                      f"is {layers}; the config is inconsistent")
+        return normalized
     from transformers import Gemma3nTextConfig
 
     fields = {key: value for key, value in text_config.items() if key not in ("model_type", "architectures")}

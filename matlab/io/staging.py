@@ -37,6 +37,9 @@ def staged_output(out: Path, force: bool) -> Iterator[Path]:
     check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output should not be
     try:
         yield temporary
         _publish(temporary, out)
