@@ -22,6 +22,17 @@ _LAYER_TENSOR = re.compile(r"layers\.(\d+)\.(.+)")
 Ranges = tuple[tuple[int, int], ...]
 
 
+def merge_ranges(ranges) -> Ranges:
+    """Join touching [start, stop) ranges: fewer, longer copies and views where possible."""
+    merged: list[list[int]] = []
+    for start, stop in ranges:
+        if merged and merged[-1][1] == start:
+            merged[-1][1] = stop
+        else:
+            merged.append([start, stop])
+    return tuple((start, stop) for start, stop in merged)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """How one output tensor is cut from one source tensor: kept row and column ranges."""
@@ -96,6 +107,13 @@ class SlicePlan:
         )
         return text_config
 
+    def facts_for_submodel(self) -> ArchFacts:
+        """Architecture facts of the text model this plan produces."""
+        from matlab.architecture import facts_from_config
+
+        return facts_from_config({**self.sliced_text_config(), "model_type": "gemma3n_text"},
+                                 f"{self.facts.name}[{self.config.name}]")
+
     def sliced_config(self, text_only: bool) -> dict[str, Any]:
         """The whole config.json of the output checkpoint."""
         text_config = self.sliced_text_config()
@@ -124,7 +142,7 @@ class SlicePlan:
             return self._layer_tensor_spec(name, shape, int(match.group(1)), match.group(2), out_prefix)
         target = out_prefix + relative
         block = self.facts.per_layer_dim
-        blocks = tuple((layer * block, (layer + 1) * block) for layer in self.kept_layers)
+        blocks = merge_ranges((layer * block, (layer + 1) * block) for layer in self.kept_layers)
         expected_ple = self.facts.num_layers * block
         if relative == "embed_tokens_per_layer.weight":
             self._require(name, shape, axis=1, expected=expected_ple)

@@ -1,0 +1,78 @@
+"""The core's loader: transformers-exact, text tensors only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import matlab.core.loading as loading
+from matlab.core.loading import load_model
+from matlab.errors import CheckpointError
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loader_matches_transformers(tiny_multimodal, sample_ids, dtype):
+    from transformers import Gemma3nForConditionalGeneration
+
+    loaded = load_model(tiny_multimodal, dtype=dtype)
+    reference = Gemma3nForConditionalGeneration.from_pretrained(tiny_multimodal, dtype=getattr(torch, dtype)).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=sample_ids).logits, reference(input_ids=sample_ids).logits)
+    assert loaded.model.model.embed_tokens.weight.dtype == getattr(torch, dtype)
+
+
+def test_text_inference_never_reads_tower_tensors(tiny_multimodal, monkeypatch):
+    read: list[str] = []
+    real_safe_open = loading.safe_open
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.inner.get_tensor(name)
+
+    monkeypatch.setattr(loading, "safe_open", Recording)
+    load_model(tiny_multimodal)
+    assert read and all(name.startswith("model.language_model.") for name in read)
+
+
+def test_ple_on_cpu_is_memory_mapped_and_exact(tiny_text, sample_ids):
+    plain = load_model(tiny_text)
+    mapped = load_model(tiny_text, ple_on_cpu=True)
+    with torch.no_grad():
+        assert torch.equal(plain.model(input_ids=sample_ids).logits, mapped.model(input_ids=sample_ids).logits)
+    table = mapped.model.model.embed_tokens_per_layer.weight
+    # Tensors over a numpy memory map have non-resizable storage; tensors read into memory do not.
+    assert not table.untyped_storage().resizable()
+    assert plain.model.model.embed_tokens_per_layer.weight.untyped_storage().resizable()
+
+
+def test_missing_text_tensor_is_named(tiny_text, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_text, broken)
+    index_path = broken / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    del index["weight_map"]["model.norm.weight"]
+    index_path.write_text(json.dumps(index))
+    # The shard still holds the tensor; drop it from the only file that has it by rewriting.
+    from safetensors.torch import load_file, save_file
+
+    for shard in broken.glob("model-*.safetensors"):
+        tensors = load_file(shard)
+        if "model.norm.weight" in tensors:
+            del tensors["model.norm.weight"]
+            save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing text tensors \['model.norm.weight'\]"):
+        load_model(broken)
