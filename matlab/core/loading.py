@@ -11,7 +11,6 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
@@ -22,9 +21,6 @@ from matlab.io.reader import CheckpointFiles, TensorInfo
 from matlab.resolve import resolve_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_NUMPY_STORAGE = {"F32": (np.float32, torch.float32), "BF16": (np.uint16, torch.bfloat16),
-                  "F16": (np.float16, torch.float16)}
-PLE_NAME = "model.embed_tokens_per_layer.weight"
 
 
 @dataclass
@@ -74,15 +70,6 @@ def empty_model(facts: ArchFacts, dtype: torch.dtype) -> Gemma3nForCausalLM:
     return model
 
 
-def mmap_tensor(info: TensorInfo) -> torch.Tensor:
-    """A CPU tensor backed by the checkpoint file (copy-on-write map; pages load on use)."""
-    if info.dtype not in _NUMPY_STORAGE:
-        raise CheckpointError(f"{info.name}: cannot memory-map dtype {info.dtype}")
-    numpy_dtype, torch_dtype = _NUMPY_STORAGE[info.dtype]
-    array = np.memmap(info.file, dtype=numpy_dtype, mode="c", offset=info.offset, shape=info.shape)
-    return torch.from_numpy(array).view(torch_dtype)
-
-
 class CpuResidentEmbedding(torch.nn.Module):
     """Per-layer embedding lookup on the CPU, results moved to the model's device per batch."""
 
@@ -95,8 +82,10 @@ class CpuResidentEmbedding(torch.nn.Module):
         return self.embedding(input_ids.to("cpu")).to(self.device, non_blocking=True)
 
 
-def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str], dtype: torch.dtype,
-                       mmap_names: set[str]) -> dict[str, torch.Tensor]:
+def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str],
+                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Text tensors by their `gemma3n_text` names. On the CPU, safetensors returns tensors
+    backed by the file's memory map when no dtype conversion is needed."""
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, TensorInfo]]] = {}
     for name, info in files.tensors.items():
@@ -108,10 +97,7 @@ def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str
     for path, entries in by_file.items():  # one shard open at a time
         with safe_open(path, framework="pt") as handle:
             for target, info in entries:
-                if target in mmap_names and _NUMPY_STORAGE.get(info.dtype, (None, None))[1] == dtype:
-                    state[target] = mmap_tensor(info)
-                else:
-                    state[target] = handle.get_tensor(info.name).to(dtype)
+                state[target] = handle.get_tensor(info.name).to(dtype)
     return state
 
 
@@ -120,8 +106,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     """Load the language model of a checkpoint for text inference.
 
     Args:
-        ple_on_cpu: keep `embed_tokens_per_layer` memory-mapped on the CPU (lookup per batch)
-            while the rest runs on `device`.
+        ple_on_cpu: keep `embed_tokens_per_layer` on the CPU (memory-mapped from the file when
+            the dtype matches it) with the lookup done per batch, while the rest runs on `device`.
     """
     directory = resolve_checkpoint(checkpoint)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -130,7 +116,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     model = empty_model(text_facts(facts), torch_dtype)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     wanted = set(model.state_dict()) - tied
-    state = _read_text_tensors(files, facts, wanted, torch_dtype, {PLE_NAME} if ple_on_cpu else set())
+    state = _read_text_tensors(files, facts, wanted, torch_dtype)
     missing = sorted(wanted - set(state))
     if missing:
         raise CheckpointError(f"{directory}: missing text tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
