@@ -195,3 +195,73 @@ def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
             synthesize_checkpoint(facts, out, text_only=text_only, seed=seed, force=force,
                                   max_shard_bytes=_shard_size(max_shard_size), on_start=on_start, progress=advance)
     console.print(f"wrote {out}", highlight=False)
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Run this slice elastically from the full model.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+
+
+def _submodel(checkpoint: str, config: Path | None, device: str, dtype: str):
+    from matlab.core.loading import DTYPES, load_model
+    from matlab.core.submodel import select_submodel
+    from matlab.slice_config import load_slice_config
+
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"choose one of {', '.join(DTYPES)}", param_hint="--dtype")
+    slice_config = load_slice_config(config) if config else None
+    submodel = select_submodel(load_model(checkpoint, device=device, dtype=dtype), slice_config, str(config))
+    for warning in submodel.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return submodel
+
+
+@app.command()
+def generate(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
+             prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+             config: ConfigOpt = None,
+             max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+             temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.0,
+             top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+             seed: int = 0, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
+    """Continue a prompt (greedy by default, with a KV cache)."""
+    from matlab.core.text import generate_text
+
+    with reported_errors():
+        submodel = _submodel(checkpoint, config, device, dtype)
+        text = generate_text(submodel, prompt, max_new_tokens, temperature, top_p, seed)
+    console.print(text, markup=False, highlight=False)
+
+
+@app.command()
+def score(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
+          text: Annotated[str, typer.Option("--text", help="Text to score.")],
+          config: ConfigOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Per-token log-probabilities of a text."""
+    from matlab.core.text import score_text
+
+    with reported_errors():
+        result = score_text(_submodel(checkpoint, config, device, dtype), text)
+    if as_json:
+        console.print_json(json.dumps(result.as_dict()))
+        return
+    table = Table("token", "logprob")
+    for token, logprob in zip(result.tokens, result.logprobs):
+        table.add_row(repr(token), f"{logprob:.4f}")
+    console.print(table)
+    console.print(f"total log-probability {result.total_logprob:.4f} over {len(result.tokens)} tokens")
+
+
+@app.command()
+def perplexity(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
+               file: Annotated[Path, typer.Option("--file", help="UTF-8 text file.", exists=True, dir_okay=False)],
+               config: ConfigOpt = None, window: Annotated[int, typer.Option(min=2)] = 512,
+               device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
+    """Perplexity of a text file (sliding windows)."""
+    from matlab.core.text import text_perplexity
+
+    with reported_errors():
+        value, count = text_perplexity(_submodel(checkpoint, config, device, dtype),
+                                       file.read_text(encoding="utf-8"), window)
+    console.print(f"perplexity {value:.4f} over {count} tokens", highlight=False)

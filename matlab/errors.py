@@ -25,3 +25,9 @@ class OutputExistsError(MatformerError):
 
 class CsvImportError(MatformerError):
     """A row of an official slicing-configs CSV cannot be converted."""
+
+
+class InputError(MatformerError):
+    """A text, prompt or option value the core cannot work with."""
+
+    exit_code = 2

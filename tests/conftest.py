@@ -51,7 +51,19 @@ def _add_consumer_kv(directory: Path, prefix: str, config) -> None:
 
 
 def _write_tokenizer_files(directory: Path) -> None:
-    (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 256}))
+    """A byte-level tokenizer (ids 4..259 are bytes) in Hugging Face format, plus extras."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_chars = list(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(specials + sorted(byte_chars))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    fast.save_pretrained(directory)
     (directory / "chat_template.jinja").write_text("{{ messages }}")
     (directory / "processor_config.json").write_text(json.dumps({"processor_class": "Gemma3nProcessor"}))
 

@@ -1,0 +1,103 @@
+"""Log-likelihood scoring and perplexity, batched and padding-correct."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import Gemma3nForCausalLM
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-probabilities of a continuation's tokens given its context."""
+
+    token_logprobs: tuple[float, ...]
+    is_greedy: bool
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.token_logprobs))
+
+
+def _device(model: Gemma3nForCausalLM) -> torch.device:
+    return model.model.embed_tokens.weight.device
+
+
+@torch.no_grad()
+def score_continuations(model: Gemma3nForCausalLM, requests: list[tuple[list[int], list[int]]],
+                        batch_size: int = 8, max_length: int | None = None,
+                        pad_id: int = 0) -> list[ContinuationScore]:
+    """Score each (context ids, continuation ids) pair; contexts must not be empty.
+
+    Sequences are right-padded with an attention mask, so real tokens keep their positions and
+    never attend to padding; over-long inputs lose tokens on the left. Requests are batched
+    longest first and returned in the caller's order.
+    """
+    device = _device(model)
+    prepared = []
+    for index, (context, continuation) in enumerate(requests):
+        if not context or not continuation:
+            raise ValueError(f"request {index}: context and continuation must both be non-empty "
+                             "(start an empty context with the BOS token)")
+        tokens = list(context) + list(continuation)
+        if max_length is not None:
+            if len(continuation) > max_length:
+                raise ValueError(f"request {index}: continuation of {len(continuation)} tokens exceeds "
+                                 f"max_length {max_length}")
+            tokens = tokens[-(max_length + 1):]
+        prepared.append(tokens)
+    results: list[ContinuationScore | None] = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: -len(prepared[i]))
+    for batch_start in range(0, len(order), batch_size):
+        indices = order[batch_start:batch_start + batch_size]
+        width = max(len(prepared[i]) - 1 for i in indices)
+        input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, index in enumerate(indices):
+            inputs = prepared[index][:-1]
+            input_ids[row, :len(inputs)] = torch.tensor(inputs)
+            attention[row, :len(inputs)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, index in enumerate(indices):
+            tokens, continuation = prepared[index], requests[index][1]
+            start = len(tokens) - len(continuation) - 1
+            logprobs = torch.log_softmax(logits[row, start:start + len(continuation)].float(), dim=-1)
+            targets = torch.tensor(continuation, device=device)
+            chosen = logprobs.gather(-1, targets[:, None])[:, 0]
+            greedy = bool((logprobs.argmax(-1) == targets).all())
+            results[index] = ContinuationScore(tuple(chosen.tolist()), greedy)
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def token_logprobs(model: Gemma3nForCausalLM, ids: list[int]) -> list[float]:
+    """Log-probability of each token after the first, given the tokens before it."""
+    if len(ids) < 2:
+        return []
+    return list(score_continuations(model, [([ids[0]], ids[1:])])[0].token_logprobs)
+
+
+@torch.no_grad()
+def perplexity(model: Gemma3nForCausalLM, ids: list[int], window: int = 512, stride: int | None = None) -> float:
+    """Perplexity of a token sequence, scored in overlapping windows of `window` tokens.
+
+    Each window predicts only tokens not predicted by an earlier window, with up to
+    `window - stride` tokens of context carried over.
+    """
+    stride = stride or window // 2
+    if len(ids) < 2:
+        raise ValueError("perplexity needs at least two tokens")
+    total, count, predicted_upto = 0.0, 0, 1  # ids[0] is never predicted
+    start = 0
+    while predicted_upto < len(ids):
+        end = min(len(ids), start + window)
+        context = ids[start:predicted_upto]
+        continuation = ids[predicted_upto:end]
+        score = score_continuations(model, [(context, continuation)])[0]
+        total += score.total
+        count += len(continuation)
+        predicted_upto = end
+        start = max(0, end - (window - stride))
+    return math.exp(-total / count)
