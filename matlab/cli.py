@@ -265,3 +265,123 @@ def perplexity(checkpoint: Annotated[str, typer.Argument(help="Checkpoint direct
         value, count = text_perplexity(_submodel(checkpoint, config, device, dtype),
                                        file.read_text(encoding="utf-8"), window)
     console.print(f"perplexity {value:.4f} over {count} tokens", highlight=False)
+
+
+@app.command("train-nano")
+def train_nano_command(out: Annotated[Path, typer.Option("--out", help="Output checkpoint directory.")],
+                       steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2200,
+                       seed: int = 0,
+                       control: Annotated[bool, typer.Option(help="Train at full size only (no nesting).")] = False,
+                       force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+    """Train the nano Gemma 3n as a MatFormer (or the full-size-only control), seeded."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from matlab.io.staging import check_output
+    from matlab.nano.checkpoint import save_nano
+    from matlab.nano.train import TrainSettings, train_nano
+
+    command = shlex.join(["matformer", "train-nano", "--out", str(out), "--steps", str(steps), "--seed", str(seed),
+                          *(["--control"] if control else [])])
+    settings = TrainSettings(steps=steps, seed=seed, matformer=not control)
+    progress = Progress("training {task.fields[granularity]:>8} loss {task.fields[loss]:.3f}", BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=errors)
+    with reported_errors():
+        check_output(out, force)
+        with progress:
+            task = progress.add_task("train", total=steps, granularity="", loss=0.0)
+            result = train_nano(settings, on_step=lambda step, granularity, loss: progress.update(
+                task, completed=step + 1, granularity=granularity, loss=loss))
+        save_nano(result, settings, out, command, force=force)
+    console.print(f"wrote {out} after {result.seconds / 60:.1f} minutes", highlight=False)
+
+
+SuiteOpt = Annotated[Path, typer.Option("--suite", help="Suite YAML, e.g. evals/nano.yaml.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
+
+
+@app.command(name="eval")
+def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
+                 suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None,
+                 device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Evaluate one model (or one elastic slice) on a suite."""
+    from matlab.harness.evaluate import evaluate_submodel
+    from matlab.harness.suite import load_suite
+
+    with reported_errors():
+        loaded_suite = load_suite(suite)
+        submodel = _submodel(checkpoint, config, device, dtype)
+        scores = evaluate_submodel(submodel, loaded_suite, limit=limit)
+    if as_json:
+        console.print_json(json.dumps({"model": checkpoint, "config": submodel.name, "suite": loaded_suite.name,
+                                       "scores": [score.as_dict() for score in scores]}))
+        return
+    table = Table("task", "metric", "value", "stderr", "n", title=f"{submodel.name} on {loaded_suite.name}")
+    for score in scores:
+        table.add_row(score.task, score.metric, f"{score.value:.4f}",
+                      "" if score.stderr is None else f"{score.stderr:.4f}", str(score.samples))
+    console.print(table)
+
+
+@app.command()
+def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory, hub id or 'nano'.")],
+          configs: Annotated[list[Path], typer.Option("--configs", help="Config files or folders of them.")],
+          suite: SuiteOpt, out: Annotated[Path, typer.Option("--out", help="Run directory (resumable).")],
+          limit: LimitOpt = None,
+          materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
+          device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
+    """Evaluate many slice configs; a killed sweep resumes where it stopped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from matlab.harness.suite import load_suite
+    from matlab.harness.sweep import SweepSettings, run_sweep
+
+    paths = sorted({p for entry in configs for p in (entry.glob("*.yaml") if entry.is_dir() else [entry])})
+    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=errors)
+    task = progress.add_task("sweep", total=len(paths))
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "start":
+            progress.update(task, total=info["total"], completed=info["done"])
+        elif event == "config":
+            progress.update(task, description=f"evaluating {info['name']}")
+        elif event == "done":
+            progress.advance(task)
+
+    with reported_errors(), progress:
+        settings = SweepSettings(load_suite(suite), limit=limit, materialize=materialize, device=device, dtype=dtype)
+        evaluated = run_sweep(checkpoint, paths, out, settings, progress=on_event)
+    console.print(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "
+                  f"results in {out / 'results.jsonl'}", highlight=False)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory.")],
+           out: Annotated[Path, typer.Option("--out", help="Report directory (index.html).")],
+           compare: Annotated[Optional[Path], typer.Option(help="Another run to overlay.")] = None,
+           compare_label: Annotated[str, typer.Option(help="Legend label of --compare.")] = "compared run",
+           force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+    """Write a self-contained HTML report of a sweep."""
+    from matlab.harness.report import build_report
+
+    with reported_errors():
+        path = build_report(run_dir, out, compare=compare, compare_label=compare_label, force=force)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("matformer-demo"),
+         limit: LimitOpt = None) -> None:
+    """The main job on the embedded nano model: slice one config, sweep all nano configs on the
+    nano suite (and the control on two), write the HTML report."""
+    from matlab.harness.demo import run_demo
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "done":
+            errors.print(f"  {info['name']}: {info['seconds']:.1f}s", highlight=False)
+
+    with reported_errors():
+        result = run_demo(out, limit=limit, progress=on_event)
+    console.print(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
+                  f"report: {result.report}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
 from matlab.errors import CheckpointError
@@ -10,11 +11,27 @@ from matlab.errors import CheckpointError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_checkpoint(name: str | Path) -> Path:
-    """A local checkpoint directory, or a Hugging Face Hub id downloaded to the local cache.
+EMBEDDED = ("nano", "nano-control")
 
-    Offline, a hub id fails with a message saying to pass a local directory instead.
+
+def embedded_checkpoint(name: str) -> Path | None:
+    """The directory of a checkpoint shipped inside the package (`nano`, `nano-control`)."""
+    if name not in EMBEDDED:
+        return None
+    directory = Path(str(resources.files("matlab") / "data" / name))
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{name}: the embedded checkpoint is missing from this installation "
+                              f"({directory}); reinstall matformer-lab or train it with `matformer train-nano`")
+    return directory
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """An embedded checkpoint name, a local directory, or a Hugging Face Hub id downloaded to
+    the local cache. Offline, a hub id fails with a message saying to pass a local directory.
     """
+    embedded = embedded_checkpoint(str(name))
+    if embedded is not None:
+        return embedded
     path = Path(name).expanduser()
     if path.is_dir():
         return path

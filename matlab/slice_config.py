@@ -144,14 +144,19 @@ def load_slice_config(path: str | Path) -> SliceConfig:
     return parse_slice_config(data, str(path))
 
 
-def _compact_widths(widths: tuple[int, ...]) -> list[Any]:
+def width_runs(widths) -> list[tuple[int, int]]:
+    """Consecutive equal widths as (width, count) pairs."""
     runs: list[list[int]] = []
     for width in widths:
         if runs and runs[-1][0] == width:
             runs[-1][1] += 1
         else:
             runs.append([width, 1])
-    return [width if count == 1 else {"width": width, "count": count} for width, count in runs]
+    return [(width, count) for width, count in runs]
+
+
+def _compact_widths(widths: tuple[int, ...]) -> list[Any]:
+    return [width if count == 1 else {"width": width, "count": count} for width, count in width_runs(widths)]
 
 
 def dump_slice_config(config: SliceConfig) -> str:

@@ -1,0 +1,1 @@
+"""Evaluation on lm-evaluation-harness, sweeps over slice configs, Pareto analysis, reports."""

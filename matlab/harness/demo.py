@@ -1,0 +1,52 @@
+"""The main job on the embedded nano model: slice, sweep, compare with the control, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matlab
+from matlab.errors import MatformerError
+from matlab.harness.report import build_report
+from matlab.harness.suite import load_suite
+from matlab.harness.sweep import Progress, SweepSettings, run_sweep
+from matlab.resolve import resolve_checkpoint
+from matlab.slice_config import load_slice_config
+from matlab.slicer import slice_checkpoint
+
+REPO = Path(matlab.__file__).resolve().parent.parent
+CONTROL_CONFIGS = ("nano-e4b.yaml", "nano-e2b.yaml")
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    sliced: Path
+    sweep: Path
+    control: Path
+    report: Path
+
+
+def demo_inputs(repo: Path = REPO) -> tuple[list[Path], Path]:
+    configs = sorted((repo / "slice_configs" / "nano").glob("*.yaml"))
+    suite = repo / "evals" / "nano.yaml"
+    if not configs or not suite.is_file():
+        raise MatformerError(f"the demo needs slice_configs/nano/ and evals/nano.yaml beside the package "
+                             f"(looked in {repo}); run it from a source checkout installed with pip install -e .")
+    return configs, suite
+
+
+def run_demo(out: Path, limit: int | None = None, progress: Progress | None = None) -> DemoResult:
+    """Everything lands under `out`; finished sweeps are resumed, not redone."""
+    configs, suite_path = demo_inputs()
+    suite = load_suite(suite_path)
+    nano = resolve_checkpoint("nano")
+    e2b_config = next(path for path in configs if path.name == "nano-e2b.yaml")
+    sliced = out / "nano-e2b"
+    slice_checkpoint(nano, load_slice_config(e2b_config), sliced, config_source=str(e2b_config), force=True)
+    settings = SweepSettings(suite, limit=limit)
+    run_sweep(nano, configs, out / "sweep", settings, progress=progress)
+    control_configs = [path for path in configs if path.name in CONTROL_CONFIGS]
+    run_sweep(resolve_checkpoint("nano-control"), control_configs, out / "control", settings, progress=progress)
+    report = build_report(out / "sweep", out / "report", compare=out / "control",
+                          compare_label="control (trained at full size only)", force=True)
+    return DemoResult(sliced, out / "sweep", out / "control", report)

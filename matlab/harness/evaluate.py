@@ -1,0 +1,70 @@
+"""Run a suite's tasks on one submodel through lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from matlab.core.submodel import Submodel
+from matlab.harness.lm import MatformerLM
+from matlab.harness.suite import Suite, SuiteError, local_task_configs
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    samples: int
+    num_fewshot: int
+    limit: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _task_scores(results: dict, task: str, num_fewshot: int, limit: int | None) -> list[TaskScore]:
+    metrics = results["results"][task]
+    samples = results.get("n-samples", {}).get(task, {}).get("effective", 0)
+    scores = []
+    for key, value in metrics.items():
+        if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+            continue
+        metric, _, filter_name = key.partition(",")
+        stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+        scores.append(TaskScore(task, metric, float(value), float(stderr) if isinstance(stderr, (int, float)) else None,
+                                int(samples), num_fewshot, limit))
+    return scores
+
+
+def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None, batch_size: int = 16,
+                      seed: int = 1234) -> list[TaskScore]:
+    """Every metric of every task of `suite`; `limit` caps the documents per task."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    local = local_task_configs(suite)
+    # Indexing lm-eval's thousands of bundled task files takes a minute; skip it when the
+    # suite only runs local tasks.
+    manager = TaskManager(include_defaults=any(task.name not in local for task in suite.tasks))
+    lm = MatformerLM(submodel, batch_size=batch_size)
+    scores: list[TaskScore] = []
+    for task in suite.tasks:
+        task_limit = min(x for x in (limit, task.limit) if x is not None) if (limit or task.limit) else None
+        spec = dict(local[task.name], num_fewshot=task.num_fewshot) if task.name in local else task.name
+        if task.name not in local and task.name not in manager.all_tasks:
+            raise SuiteError(f"task {task.name!r} is neither in the suite's task_dirs nor known to lm-eval")
+        try:
+            results = simple_evaluate(model=lm, tasks=[spec], task_manager=manager, limit=task_limit,
+                                      num_fewshot=None if task.name in local else task.num_fewshot,
+                                      log_samples=False, bootstrap_iters=0 if task_limit else 1000,
+                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                      fewshot_random_seed=seed)
+        except (ConnectionError, OSError) as error:
+            raise SuiteError(f"task {task.name!r} could not load its dataset ({type(error).__name__}: "
+                             f"{str(error)[:200]}); tasks from the Hugging Face Hub need a network connection "
+                             "or a pre-filled datasets cache") from None
+        scores.extend(_task_scores(results, task.name, task.num_fewshot, task_limit))
+    return scores

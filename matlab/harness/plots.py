@@ -1,0 +1,71 @@
+"""Figures for reports, rendered with matplotlib to SVG bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from matlab.harness.pareto import pareto_front  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
+
+
+def _svg(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *, cost_label: str, score_label: str,
+                  higher_is_better: bool = True, reference: tuple[list[float], list[float], list[str]] | None = None,
+                  compare: tuple[list[float], list[float], list[str], str] | None = None) -> bytes:
+    """Score against cost, every point labelled, the Pareto frontier drawn and highlighted."""
+    figure, axes = plt.subplots(figsize=(7.2, 4.4))
+    front = pareto_front(costs, scores, higher_is_better)
+    axes.scatter(costs, scores, color="#9aa5b1", zorder=2, label="configs")
+    axes.plot([costs[i] for i in front], [scores[i] for i in front], "-o", color="#d64545", zorder=3,
+              label="Pareto frontier")
+    for label, cost, score in zip(labels, costs, scores):
+        axes.annotate(label, (cost, score), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if compare:
+        axes.scatter(compare[0], compare[1], marker="x", color="#3e6fb0", zorder=4, label=compare[3])
+        for label, cost, score in zip(compare[2], compare[0], compare[1]):
+            axes.annotate(label, (cost, score), textcoords="offset points", xytext=(4, -9), fontsize=7,
+                          color="#3e6fb0")
+    if reference:
+        twin = axes.twinx()
+        twin.scatter(reference[0], reference[1], marker="^", color="#2f8a57", label="stated by source")
+        twin.set_ylabel("stated figure (source's metric)", color="#2f8a57")
+    axes.set_xlabel(cost_label)
+    axes.set_ylabel(score_label)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=7)
+    return _svg(figure)
+
+
+def width_heatmap(names: list[str], num_layers: int, layers_skipped: list[list[int]],
+                  ffn_widths: list[list[int]], base_width: int) -> bytes:
+    """Per-layer FFN width (as a fraction of the base) of every config; skipped layers hatched."""
+    grid = np.full((len(names), num_layers), math.nan)
+    for row, (skipped, widths) in enumerate(zip(layers_skipped, ffn_widths)):
+        kept = [layer for layer in range(num_layers) if layer not in set(skipped)]
+        for layer, width in zip(kept, widths):
+            grid[row, layer] = width / base_width
+    figure, axes = plt.subplots(figsize=(max(6.0, num_layers * 0.22), 0.3 * len(names) + 1.2))
+    axes.set_facecolor("#eeeeee")
+    image = axes.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    for row, skipped in enumerate(layers_skipped):
+        for layer in skipped:
+            axes.add_patch(plt.Rectangle((layer - 0.5, row - 0.5), 1, 1, fill=False, hatch="xxx", color="#555555"))
+    axes.set_yticks(range(len(names)), names, fontsize=7)
+    axes.set_xticks(range(num_layers), [str(i) for i in range(num_layers)], fontsize=6)
+    axes.set_xlabel("layer of the base model (hatched: skipped)")
+    figure.colorbar(image, ax=axes, label="FFN width / base width", fraction=0.03)
+    return _svg(figure)

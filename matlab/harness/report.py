@@ -1,0 +1,136 @@
+"""Self-contained HTML reports of sweeps: plots embedded as SVG data, no external assets."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from matlab.errors import MatformerError
+from matlab.harness.pareto import pareto_front
+from matlab.harness.results import RUN_FILE, read_results
+from matlab.io.staging import staged_output
+from matlab.slice_config import width_runs
+
+REPORT_NAME = "index.html"
+
+
+class ReportError(MatformerError):
+    """The run directory has no results to report."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    title: str
+    svg_base64: str
+    note: str
+
+
+def _plot(title: str, svg: bytes, note: str) -> Plot:
+    return Plot(title, base64.b64encode(svg).decode("ascii"), note)
+
+
+def _load(run_dir: Path):
+    frame = read_results(run_dir)
+    if frame.empty:
+        raise ReportError(f"{run_dir}: no results.jsonl rows; run `matformer sweep ... --out {run_dir}` first")
+    run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_FILE).is_file() else {}
+    return frame, run
+
+
+def _metric_series(frame, task: str, metric: str):
+    rows = frame[(frame["task"] == task) & (frame["metric"] == metric)].sort_values("effective_params")
+    return rows.reset_index(drop=True)
+
+
+def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | None = None,
+                 compare_label: str = "compared run", force: bool = False) -> Path:
+    """Write `out/index.html` for the sweep in `run_dir` (optionally overlaying `compare`)."""
+    from jinja2 import Environment, select_autoescape
+
+    from matlab.harness import plots
+
+    run_dir, out = Path(run_dir), Path(out)
+    frame, run = _load(run_dir)
+    suite = run.get("identity", {}).get("suite", {})
+    tasks = [(t["name"], t["metric"], t.get("higher_is_better", True)) for t in suite.get("tasks", [])] or \
+        sorted({(task, metric, True) for task, metric in zip(frame["task"], frame["metric"])})
+    primary_task, primary_metric, primary_higher = tasks[0]
+    primary = _metric_series(frame, primary_task, primary_metric)
+    compare_frame = _load(Path(compare))[0] if compare else None
+
+    figures = []
+    for task, metric, higher in tasks:
+        series = _metric_series(frame, task, metric)
+        if series.empty:
+            continue
+        stated = series.dropna(subset=["stated_effective_params_b", "stated_mmlu"]) \
+            if {"stated_effective_params_b", "stated_mmlu"} <= set(series.columns) else series.iloc[0:0]
+        reference = (list(stated["stated_effective_params_b"] * 1e9), list(stated["stated_mmlu"]),
+                     list(stated["config"])) if len(stated) else None
+        overlay = None
+        if compare_frame is not None:
+            other = _metric_series(compare_frame, task, metric)
+            if not other.empty:
+                overlay = (list(other["effective_params"]), list(other["value"]), list(other["config"]), compare_label)
+        svg = plots.tradeoff_plot(list(series["config"]), list(series["effective_params"]), list(series["value"]),
+                                  cost_label="effective parameters", score_label=f"{task} {metric}",
+                                  higher_is_better=higher, reference=reference, compare=overlay)
+        figures.append(_plot(f"{task} ({metric}) against effective parameters", svg,
+                             "Red: Pareto frontier (no other config is both smaller and better)."
+                             + (" Triangles: figures stated by the configs' source." if reference else "")
+                             + (f" Crosses: {compare_label}." if overlay else "")))
+    for cost_column, cost_label, transform in (("weight_bytes", "submodel weight bytes", lambda v: v),
+                                               ("decode_tokens_per_s", "decode latency (ms per token)",
+                                                lambda v: 1000.0 / v)):
+        svg = plots.tradeoff_plot(list(primary["config"]), [transform(v) for v in primary[cost_column]],
+                                  list(primary["value"]), cost_label=cost_label,
+                                  score_label=f"{primary_task} {primary_metric}", higher_is_better=primary_higher)
+        figures.append(_plot(f"{primary_task} ({primary_metric}) against {cost_label}", svg,
+                             f"Latency measured on {primary['device'].iloc[0]} in {primary['dtype'].iloc[0]}."
+                             if cost_column == "decode_tokens_per_s" else "Bytes of the weights the slice uses."))
+
+    per_config = frame.drop_duplicates("config_hash").sort_values("effective_params")
+    num_layers = int(max(k + len(s) for k, s in zip(per_config["kept_layers"], per_config["layers_skipped"])))
+    base_width = int(max(max(widths) for widths in per_config["ffn_widths"]))
+    heatmap = plots.width_heatmap(list(per_config["config"]), num_layers, list(per_config["layers_skipped"]),
+                                  list(per_config["ffn_widths"]), base_width)
+    figures.append(_plot("Per-layer FFN widths and skipped layers", heatmap,
+                         f"Widths as a fraction of the widest layer ({base_width}); {num_layers} base layers."))
+
+    columns = [(task, metric) for task, metric, _ in tasks]
+    front = set(pareto_front(list(primary["effective_params"]), list(primary["value"]), primary_higher))
+    front_hashes = {primary["config_hash"][i] for i in front}
+    result_rows = []
+    for _, config in per_config.iterrows():
+        values = []
+        for task, metric in columns:
+            match = frame[(frame["config_hash"] == config["config_hash"]) & (frame["task"] == task)
+                          & (frame["metric"] == metric)]
+            values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
+        values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}"]
+        result_rows.append({"config": config["config"], "cells": values, "front": config["config_hash"] in front_hashes})
+    configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"]))}
+               for row in per_config.to_dict("records")]
+    identity = run.get("identity", {})
+    provenance = [("tool version", run.get("tool_version", "")), ("started", run.get("started", "")),
+                  ("checkpoint", json.dumps(identity.get("checkpoint", {}))), ("suite", suite.get("name", "")),
+                  ("limit per task", identity.get("limit")), ("mode", "materialized" if identity.get("materialize")
+                                                              else "elastic"),
+                  ("device / dtype", f"{identity.get('device')} / {identity.get('dtype')}"),
+                  ("seed", identity.get("seed")), ("run directory", str(run_dir.resolve()))]
+    environment = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    template = environment.from_string((resources.files("matlab") / "data" / "templates" / "report.html.j2")
+                                       .read_text(encoding="utf-8"))
+    html = template.render(
+        title=f"MatFormer Lab sweep: {suite.get('name', '')} on {Path(str(primary['checkpoint'].iloc[0])).name}",
+        summary=f"{len(per_config)} configs, {len(frame)} result rows. Every point is measured by MatFormer Lab; "
+                "stated figures are shown only beside them.",
+        plots=figures, primary=f"{primary_task} {primary_metric}",
+        result_columns=[f"{task} {metric}" for task, metric in columns] + ["effective params", "decode tok/s"],
+        result_rows=result_rows, configs=configs, provenance=provenance)
+    with staged_output(out, force) as temporary:
+        (temporary / REPORT_NAME).write_text(html, encoding="utf-8")
+    return out / REPORT_NAME

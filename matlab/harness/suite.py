@@ -1,0 +1,80 @@
+"""Evaluation suites: which lm-evaluation-harness tasks to run, with shots, limits and the
+metric to plot, plus folders of local task YAMLs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from matlab.errors import MatformerError
+from matlab.slice_config import format_validation_error
+
+
+class SuiteError(MatformerError):
+    """A suite file is unreadable, or names a task that cannot be found."""
+
+
+class SuiteTask(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    num_fewshot: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1)
+    metric: str = "acc"
+    higher_is_better: bool = True
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    description: str = ""
+    task_dirs: tuple[str, ...] = ()  # local task folders, relative to the suite file
+    tasks: tuple[SuiteTask, ...] = Field(min_length=1)
+    needs_hub: bool = False  # the tasks' datasets come from the Hugging Face Hub
+    source: Path | None = Field(None, exclude=True)
+
+    def task(self, name: str) -> SuiteTask:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise SuiteError(f"suite {self.name} has no task {name!r}")
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SuiteError(f"{path}: cannot read suite ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{path}: not valid YAML ({error})") from None
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as error:
+        raise SuiteError(f"{path}: {'; '.join(format_validation_error(error))}") from None
+    return suite.model_copy(update={"source": path.resolve()})
+
+
+def local_task_configs(suite: Suite) -> dict[str, dict[str, Any]]:
+    """Task name -> lm-eval task config dict, for the YAML files in the suite's task folders,
+    with `data_files` made absolute relative to each YAML file."""
+    base = suite.source.parent if suite.source else Path.cwd()
+    configs: dict[str, dict[str, Any]] = {}
+    for folder in suite.task_dirs:
+        directory = (base / folder).resolve()
+        if not directory.is_dir():
+            raise SuiteError(f"{suite.source}: task_dirs entry {folder!r} is not a directory ({directory})")
+        for task_file in sorted(directory.glob("*.yaml")):
+            config = yaml.safe_load(task_file.read_text(encoding="utf-8"))
+            if not isinstance(config, dict) or "task" not in config:
+                continue
+            config = copy.deepcopy(config)
+            data_files = config.get("dataset_kwargs", {}).get("data_files")
+            if isinstance(data_files, dict):
+                config["dataset_kwargs"]["data_files"] = {split: str((task_file.parent / file).resolve())
+                                                          for split, file in data_files.items()}
+            configs[config["task"]] = config
+    return configs

@@ -1,0 +1,138 @@
+"""The lm-eval adapter, resumable sweeps and reports, on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from matlab.cli import app
+from matlab.core.loading import load_model
+from matlab.core.scoring import score_continuations
+from matlab.core.submodel import select_submodel
+from matlab.harness.lm import MatformerLM
+from matlab.harness.report import build_report
+from matlab.harness.results import read_results
+from matlab.harness.suite import Suite, SuiteTask, load_suite
+from matlab.harness.sweep import SweepError, SweepSettings, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+class _Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "tiny.yaml"
+    path.write_text(f"name: tiny\ntask_dirs: [{REPO / 'evals' / 'nano'}]\n"
+                    "tasks:\n  - name: nano_facts\n  - name: nano_heldout\n    metric: word_perplexity\n"
+                    "    higher_is_better: false\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("configs")
+    (directory / "full.yaml").write_text("name: full\nffn_widths: 256\n")
+    (directory / "half.yaml").write_text("name: half\nlayers_skipped: [10, 11, 12, 13, 14]\nffn_widths: 128\n")
+    (directory / "evil.yaml").write_text("name: <script>alert(1)</script>\nlayers_skipped: [0]\nffn_widths: 64\n")
+    return directory
+
+
+def test_adapter_matches_core(tiny_text):
+    submodel = select_submodel(load_model(tiny_text), None)
+    lm = MatformerLM(submodel, batch_size=3, max_length=8)
+    tokenizer = submodel.tokenizer
+    results = lm.loglikelihood([_Request("ab", " cd"), _Request("", "xyz"), _Request("hello  ", "world")])
+    expected = score_continuations(submodel.model, [(tokenizer("ab").input_ids, tokenizer(" cd", add_special_tokens=False).input_ids)])[0]
+    assert results[0][0] == pytest.approx(expected.total, rel=1e-5)
+    empty = score_continuations(submodel.model, [([tokenizer.bos_token_id], tokenizer("xyz", add_special_tokens=False).input_ids)])[0]
+    assert results[1][0] == pytest.approx(empty.total, rel=1e-5)
+    text = "a text longer than one window of eight tokens"
+    rolling = lm.loglikelihood_rolling([_Request(text)])[0]
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
+    windows = [score_continuations(submodel.model, [(ids[max(0, s + len(ids[s:s + 8]) - 9):s], ids[s:s + 8])])[0].total
+               for s in range(1, len(ids), 8)]
+    assert rolling == pytest.approx(sum(windows), rel=1e-5) and len(windows) > 1
+    generated = lm.generate_until([_Request("ab", {"until": ["\n"], "max_gen_toks": 5})])[0]
+    assert isinstance(generated, str) and "\n" not in generated
+
+
+def test_sweep_resumes_and_materialized_agrees(tiny_text, suite_file, config_dir, tmp_path):
+    paths = sorted(config_dir.glob("*.yaml"))
+    settings = SweepSettings(load_suite(suite_file), limit=3, latency_runs=1)
+    assert len(run_sweep(tiny_text, paths, tmp_path / "run", settings)) == 3
+    frame = read_results(tmp_path / "run")
+    assert len(frame) == 3 * 4  # facts acc + three perplexity metrics per config
+    assert set(frame.columns) >= {"config", "task", "metric", "value", "stderr", "effective_params", "ple_params",
+                                  "weight_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
+                                  "peak_memory_bytes", "tool_version", "config_hash", "checkpoint", "seed"}
+    assert run_sweep(tiny_text, paths, tmp_path / "run", settings) == []  # resumed: nothing left
+    materialized = SweepSettings(settings.suite, limit=3, materialize=True, latency_runs=1)
+    run_sweep(tiny_text, paths, tmp_path / "mat", materialized)
+    other = read_results(tmp_path / "mat")
+    key = ["config_hash", "task", "metric"]
+    merged = frame.merge(other, on=key, suffixes=("_elastic", "_materialized"))
+    assert len(merged) == len(frame)
+    assert (merged["value_elastic"] - merged["value_materialized"]).abs().max() < 1e-6 * merged["value_elastic"].abs().max()
+    assert (merged["weight_bytes_elastic"] == merged["weight_bytes_materialized"]).all()
+    assert not (tmp_path / "mat" / "materialized").exists() or not any((tmp_path / "mat" / "materialized").iterdir())
+    with pytest.raises(SweepError, match="different limit"):
+        run_sweep(tiny_text, paths, tmp_path / "run", SweepSettings(settings.suite, limit=2))
+
+
+def test_killed_sweep_resumes_without_loss_or_duplicates(tiny_text, suite_file, config_dir, tmp_path):
+    command = [sys.executable, "-m", "matlab", "sweep", str(tiny_text), "--configs", str(config_dir),
+               "--suite", str(suite_file), "--out", str(tmp_path / "run"), "--limit", "3"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    configs = tmp_path / "run" / "configs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (configs.is_dir() and any(configs.glob("*.json"))):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in configs.glob("*.json")}
+    assert 1 <= len(first) < 3, "the kill should land mid-sweep"
+    result = runner.invoke(app, command[3:])
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.stat().st_mtime_ns for p in configs.glob("*.json") if p.name in first} == first
+    frame = read_results(tmp_path / "run")
+    assert len(frame) == 3 * 4 and not frame.duplicated(["config_hash", "task", "metric"]).any()
+
+
+def test_report_is_self_contained_and_escaped(tiny_text, suite_file, config_dir, tmp_path):
+    run_sweep(tiny_text, sorted(config_dir.glob("*.yaml")), tmp_path / "run",
+              SweepSettings(load_suite(suite_file), limit=2, latency_runs=1))
+    path = build_report(tmp_path / "run", tmp_path / "report")
+    html = path.read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org', "")
+    assert "https://" not in html and html.count("data:image/svg+xml;base64,") >= 4
+    assert "nano_facts" in html and "Pareto" in html
+    again = runner.invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")])
+    assert again.exit_code == 2 and "pass --force" in again.stderr
+    empty = runner.invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r2")])
+    assert empty.exit_code == 1 and "no results.jsonl rows" in empty.stderr
+
+
+def test_suite_errors_are_named(tmp_path, tiny_text):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntasks: []\n")
+    result = runner.invoke(app, ["eval", str(tiny_text), "--suite", str(bad)])
+    assert result.exit_code == 1 and "tasks: Tuple should have at least 1 item" in result.stderr
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("name: x\ntask_dirs: [nowhere]\ntasks: [{name: t}]\n")
+    result = runner.invoke(app, ["eval", str(tiny_text), "--suite", str(unknown)])
+    assert result.exit_code == 1 and "task_dirs entry 'nowhere' is not a directory" in result.stderr
