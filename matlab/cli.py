@@ -385,3 +385,34 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes 
         result = run_demo(out, limit=limit, progress=on_event)
     console.print(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
                   f"report: {result.report}", highlight=False)
+
+
+bench_app = typer.Typer(help="Benchmarks (numbers measured on this machine, ratios within one run).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("slice")
+def bench_slice_command(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Full checkpoint directory.")],
+                        config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
+                        work_dir: Annotated[Path, typer.Option(help="Scratch space for outputs.")] = Path("bench-work"),
+                        text_only: Annotated[bool, typer.Option(help="Benchmark --text-only slicing.")] = False,
+                        repeat: Annotated[int, typer.Option(min=1)] = 1,
+                        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Our slicer vs a notebook-style naive slicer vs copying the output's bytes."""
+    from matlab.bench.slice_bench import bench_slice
+
+    with reported_errors():
+        result = bench_slice(checkpoint, config, work_dir, text_only=text_only, repeat=repeat)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("method", "seconds", "peak RSS (MiB)", "read (MB)", "written (MB)",
+                  title=f"slicing {checkpoint} with {config}{' --text-only' if text_only else ''}")
+    for method, numbers in result["methods"].items():
+        table.add_row(method, f"{numbers['seconds']:.2f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}",
+                      f"{numbers['bytes_read'] / 1e6:.0f}", f"{numbers['bytes_written'] / 1e6:.0f}")
+    console.print(table)
+    console.print(f"ours/naive time {result['ours_over_naive_seconds']:.2f}, ours/copy time "
+                  f"{result['ours_over_copy_seconds']:.2f}, ours/naive peak RSS {result['ours_over_naive_rss']:.2f}; "
+                  f"{result['tensors_verified_equal']} tensors read back equal", highlight=False)

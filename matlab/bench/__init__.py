@@ -1,0 +1,1 @@
+"""Benchmarks: the slicer against a naive baseline and the copy floor; elastic sweeps."""

@@ -1,0 +1,108 @@
+"""Slicer benchmark: wall time, peak RSS and bytes moved, for the workbench's slicer, the naive
+baseline and the copy floor, each run in its own process on the same input and config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from matlab.io.reader import CheckpointFiles, RangeReader
+
+_RUNNER = """
+import json, sys
+from pathlib import Path
+from matlab.slice_config import load_slice_config
+method, source, config, out, text_only = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5] == "1"
+if method == "ours":
+    from matlab.slicer import slice_checkpoint
+    result = slice_checkpoint(source, load_slice_config(config), out, text_only=text_only)
+    print(json.dumps({"read": result.bytes_read, "written": result.bytes_written}))
+elif method == "naive":
+    from matlab.bench.naive_slicer import naive_slice
+    loaded = naive_slice(source, load_slice_config(config), out, text_only=text_only)
+    print(json.dumps({"read": loaded, "written": sum(p.stat().st_size for p in out.glob("*.safetensors"))}))
+else:  # copy floor: copy the bytes of an already sliced output
+    import shutil
+    out.mkdir()
+    total = 0
+    for path in sorted(source.glob("*.safetensors")):
+        shutil.copyfile(path, out / path.name)
+        total += path.stat().st_size
+    print(json.dumps({"read": total, "written": total}))
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    method: str
+    seconds: float
+    peak_rss_bytes: int
+    bytes_read: int
+    bytes_written: int
+
+
+def _measure(method: str, source: Path, config: Path, out: Path, text_only: bool) -> Measurement:
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-c", _RUNNER, method, str(source), str(config), str(out),
+                                "1" if text_only else "0"], stdout=subprocess.PIPE, text=True)
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"{method} benchmark run failed with status {status}")
+    moved = json.loads(stdout.strip().splitlines()[-1])
+    return Measurement(method, seconds, usage.ru_maxrss * 1024, moved["read"], moved["written"])
+
+
+def verify_same_tensors(first: Path, second: Path, chunk_rows: int = 4096) -> int:
+    """Compare two checkpoints tensor by tensor (bounded memory); returns tensors compared."""
+    a, b = CheckpointFiles(first).tensors, CheckpointFiles(second).tensors
+    if set(a) != set(b):
+        raise AssertionError(f"tensor names differ: {sorted(set(a) ^ set(b))[:5]}")
+    with RangeReader() as reader_a, RangeReader() as reader_b:
+        for name in a:
+            if a[name].shape != b[name].shape:
+                raise AssertionError(f"{name}: shapes {a[name].shape} and {b[name].shape} differ")
+            rows = a[name].shape[0] if a[name].shape else 1
+            for start in range(0, rows, chunk_rows):
+                stop = min(rows, start + chunk_rows)
+                if a[name].shape:
+                    left, right = reader_a.read_rows(a[name], start, stop), reader_b.read_rows(b[name], start, stop)
+                else:
+                    left = reader_a.read(a[name].file, a[name].offset, a[name].nbytes)
+                    right = reader_b.read(b[name].file, b[name].offset, b[name].nbytes)
+                if not (left == right).all():
+                    raise AssertionError(f"{name}: values differ in rows {start}..{stop}")
+    return len(a)
+
+
+def bench_slice(source: Path, config: Path, work_dir: Path, text_only: bool = False,
+                repeat: int = 1) -> dict:
+    """Median of `repeat` runs of each method, the ratios, and a read-back check."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[Measurement]] = {"ours": [], "naive": [], "copy": []}
+    for _ in range(repeat):
+        runs["ours"].append(_measure("ours", source, config, work_dir / "ours", text_only))
+        runs["naive"].append(_measure("naive", source, config, work_dir / "naive", text_only))
+        runs["copy"].append(_measure("copy", work_dir / "ours", config, work_dir / "copy", text_only))
+    compared = verify_same_tensors(work_dir / "ours", work_dir / "naive")
+    summary = {method: {"seconds": statistics.median(m.seconds for m in measured),
+                        "peak_rss_bytes": max(m.peak_rss_bytes for m in measured),
+                        "bytes_read": measured[0].bytes_read, "bytes_written": measured[0].bytes_written}
+               for method, measured in runs.items()}
+    shutil.rmtree(work_dir / "naive", ignore_errors=True)
+    shutil.rmtree(work_dir / "copy", ignore_errors=True)
+    return {"source": str(source), "config": str(config), "text_only": text_only, "repeat": repeat,
+            "methods": summary, "tensors_verified_equal": compared,
+            "ours_over_naive_seconds": summary["ours"]["seconds"] / summary["naive"]["seconds"],
+            "ours_over_copy_seconds": summary["ours"]["seconds"] / summary["copy"]["seconds"],
+            "ours_over_naive_rss": summary["ours"]["peak_rss_bytes"] / summary["naive"]["peak_rss_bytes"],
+            "runs": {method: [asdict(m) for m in measured] for method, measured in runs.items()}}
