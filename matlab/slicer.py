@@ -58,13 +58,21 @@ def _copy_tensor(info: TensorInfo, spec: TensorSpec, reader: RangeReader, writer
         writer.write(reader.read(info.file, info.offset, info.nbytes).tobytes())
         return
     row_bytes = info.row_bytes
-    column_bytes = row_bytes // info.shape[1] if spec.cols is not None else 0
+    if spec.cols is None:  # whole rows: contiguous byte ranges, copied inside the kernel
+        for start, stop in spec.rows or ((0, info.shape[0]),):
+            for chunk_start in range(start * row_bytes, stop * row_bytes, chunk_bytes):
+                length = min(stop * row_bytes, chunk_start + chunk_bytes) - chunk_start
+                writer.copy_range(reader.fd(info.file), info.offset + chunk_start, length)
+                reader.bytes_read += length
+                if progress:
+                    progress(length)
+        return
+    column_bytes = row_bytes // info.shape[1]
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
     for start, stop in spec.rows or ((0, info.shape[0]),):
         for chunk_start in range(start, stop, rows_per_chunk):
             rows = reader.read_rows(info, chunk_start, min(stop, chunk_start + rows_per_chunk))
-            if spec.cols is not None:
-                rows = np.concatenate([rows[:, a * column_bytes:b * column_bytes] for a, b in spec.cols], axis=1)
+            rows = np.concatenate([rows[:, a * column_bytes:b * column_bytes] for a, b in spec.cols], axis=1)
             data = np.ascontiguousarray(rows).reshape(-1).data  # 1-D uint8: len() counts bytes
             writer.write(data)
             if progress:

@@ -83,6 +83,11 @@ class CheckpointFiles:
         tensors: dict[str, TensorInfo] = {}
         for path in self.files:
             header, data_start = read_header(path)
+            promised = data_start + max((e["data_offsets"][1] for n, e in header.items() if n != "__metadata__"),
+                                        default=0)
+            if path.stat().st_size < promised:
+                raise CheckpointError(f"{path}: truncated; its header promises {promised} bytes but the file has "
+                                      f"{path.stat().st_size}; download or copy it again")
             for name, entry in sorted(((n, e) for n, e in header.items() if n != "__metadata__"),
                                       key=lambda item: item[1]["data_offsets"][0]):
                 begin, end = entry["data_offsets"]
@@ -106,12 +111,16 @@ class RangeReader:
         self._fd: int | None = None
         self.bytes_read = 0
 
-    def read(self, path: Path, offset: int, length: int) -> np.ndarray:
+    def fd(self, path: Path) -> int:
+        """The open descriptor of `path`, closing the previous file if it differs."""
         if path != self._path:
             self.close()
             self._fd = os.open(path, os.O_RDONLY)
             self._path = path
-        data = os.pread(self._fd, length, offset)
+        return self._fd
+
+    def read(self, path: Path, offset: int, length: int) -> np.ndarray:
+        data = os.pread(self.fd(path), length, offset)
         if len(data) != length:
             raise CheckpointError(f"{path}: truncated; expected {length} bytes at offset {offset}, got {len(data)}")
         self.bytes_read += length

@@ -9,6 +9,7 @@ in chunks, checking the running byte count of each tensor.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ class ShardedWriter:
             raise RuntimeError(f"expected tensor {tensor.name}, got {name}")
         if shard_index != self._open_shard:
             self._close_handle()
-            self._handle = open(self.directory / self.shard_names[shard_index], "wb")
+            # Unbuffered, so that kernel-side copies (copy_range) and writes share one file offset.
+            self._handle = open(self.directory / self.shard_names[shard_index], "wb", buffering=0)
             self._handle.write(_header_bytes(self.shards[shard_index]))
             self._open_shard = shard_index
         self._remaining = tensor.nbytes
@@ -106,9 +108,25 @@ class ShardedWriter:
     def write(self, data: bytes | memoryview) -> None:
         if len(data) > self._remaining:
             raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {len(data) - self._remaining} bytes too many")
-        self._handle.write(data)
+        written = 0
+        while written < len(data):  # an unbuffered write may be partial
+            written += self._handle.write(data[written:])
         self._remaining -= len(data)
         self.bytes_written += len(data)
+
+    def copy_range(self, source_fd: int, offset: int, length: int) -> None:
+        """Append `length` bytes of `source_fd` from `offset`, copied inside the kernel
+        (`os.copy_file_range`): no user-space buffer at all."""
+        if length > self._remaining:
+            raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {length - self._remaining} bytes too many")
+        done = 0
+        while done < length:
+            copied = os.copy_file_range(source_fd, self._handle.fileno(), length - done, offset + done)
+            if copied == 0:
+                raise OSError(f"source ended {length - done} bytes early")
+            done += copied
+        self._remaining -= length
+        self.bytes_written += length
 
     def close(self) -> None:
         """Finish the last shard and write the index; raises if any tensor is incomplete."""
