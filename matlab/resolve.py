@@ -14,6 +14,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EMBEDDED = ("nano", "nano-control")
 
 
+def embedded_available(name: str) -> bool:
+    return (Path(str(resources.files("matlab") / "data" / name)) / "config.json").is_file()
+
+
 def embedded_checkpoint(name: str) -> Path | None:
     """The directory of a checkpoint shipped inside the package (`nano`, `nano-control`)."""
     if name not in EMBEDDED:

@@ -10,7 +10,7 @@ from matlab.errors import MatformerError
 from matlab.harness.report import build_report
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import Progress, SweepSettings, run_sweep
-from matlab.resolve import resolve_checkpoint
+from matlab.resolve import embedded_available, resolve_checkpoint
 from matlab.slice_config import load_slice_config
 from matlab.slicer import slice_checkpoint
 
@@ -22,7 +22,7 @@ CONTROL_CONFIGS = ("nano-e4b.yaml", "nano-e2b.yaml")
 class DemoResult:
     sliced: Path
     sweep: Path
-    control: Path
+    control: Path | None
     report: Path
 
 
@@ -45,8 +45,11 @@ def run_demo(out: Path, limit: int | None = None, progress: Progress | None = No
     slice_checkpoint(nano, load_slice_config(e2b_config), sliced, config_source=str(e2b_config), force=True)
     settings = SweepSettings(suite, limit=limit)
     run_sweep(nano, configs, out / "sweep", settings, progress=progress)
-    control_configs = [path for path in configs if path.name in CONTROL_CONFIGS]
-    run_sweep(resolve_checkpoint("nano-control"), control_configs, out / "control", settings, progress=progress)
-    report = build_report(out / "sweep", out / "report", compare=out / "control",
+    control = None
+    if embedded_available("nano-control"):
+        control = out / "control"
+        control_configs = [path for path in configs if path.name in CONTROL_CONFIGS]
+        run_sweep(resolve_checkpoint("nano-control"), control_configs, control, settings, progress=progress)
+    report = build_report(out / "sweep", out / "report", compare=control,
                           compare_label="control (trained at full size only)", force=True)
-    return DemoResult(sliced, out / "sweep", out / "control", report)
+    return DemoResult(sliced, out / "sweep", control, report)
