@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from matlab.cli import app
@@ -21,7 +18,7 @@ from matlab.core.submodel import select_submodel
 from matlab.harness.lm import MatformerLM
 from matlab.harness.report import build_report
 from matlab.harness.results import read_results
-from matlab.harness.suite import Suite, SuiteTask, load_suite
+from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepError, SweepSettings, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
