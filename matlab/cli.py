@@ -269,9 +269,10 @@ def perplexity(checkpoint: Annotated[str, typer.Argument(help="Checkpoint direct
 
 @app.command("train-nano")
 def train_nano_command(out: Annotated[Path, typer.Option("--out", help="Output checkpoint directory.")],
-                       steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2200,
+                       steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
                        seed: int = 0,
                        control: Annotated[bool, typer.Option(help="Train at full size only (no nesting).")] = False,
+                       device: Annotated[str, typer.Option(help="Torch device to train on (cpu, cuda).")] = "cpu",
                        force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
     """Train the nano Gemma 3n as a MatFormer (or the full-size-only control), seeded."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
@@ -281,8 +282,8 @@ def train_nano_command(out: Annotated[Path, typer.Option("--out", help="Output c
     from matlab.nano.train import TrainSettings, train_nano
 
     command = shlex.join(["matformer", "train-nano", "--out", str(out), "--steps", str(steps), "--seed", str(seed),
-                          *(["--control"] if control else [])])
-    settings = TrainSettings(steps=steps, seed=seed, matformer=not control)
+                          *(["--control"] if control else []), *(["--device", device] if device != "cpu" else [])])
+    settings = TrainSettings(steps=steps, seed=seed, matformer=not control, device=device)
     progress = Progress("training {task.fields[granularity]:>8} loss {task.fields[loss]:.3f}", BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=errors)
     with reported_errors():

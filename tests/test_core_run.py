@@ -53,6 +53,24 @@ def test_batched_scores_equal_unbatched_and_direct(submodel):
         assert score.token_logprobs == pytest.approx(direct, rel=1e-5, abs=1e-5)
 
 
+def test_requests_sharing_inputs_share_a_row_and_score_like_alone(submodel):
+    """Multiple-choice requests (one context, one-token choices) and a request whose inputs
+    equal another's but split differently are computed once and scored exactly as alone."""
+    context = [2, 40, 41, 42, 43]
+    requests = [(context, [choice]) for choice in (50, 60, 70, 80)]
+    requests += [(context[:3], [context[3], context[4], 90]), ([2, 7], [8])]
+    calls = []
+    handle = submodel.model.register_forward_hook(lambda module, args, kwargs_output: calls.append(1))
+    try:
+        shared = score_continuations(submodel.model, requests, batch_size=1)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # two distinct inputs: the shared context (with its split twin), and [2, 7]
+    for request, score in zip(requests, shared):
+        direct = _direct_logprobs(submodel.model, request[0] + request[1])[-len(request[1]):]
+        assert score.token_logprobs == pytest.approx(direct, rel=1e-5, abs=1e-5)
+
+
 def test_truncation_keeps_the_continuation(submodel):
     ids = list(range(4, 40))
     score = score_continuations(submodel.model, [(ids[:-3], ids[-3:])], max_length=10)[0]

@@ -33,7 +33,8 @@ def score_continuations(model: Gemma3nForCausalLM, requests: list[tuple[list[int
 
     Sequences are right-padded with an attention mask, so real tokens keep their positions and
     never attend to padding; over-long inputs lose tokens on the left. Requests are batched
-    longest first and returned in the caller's order.
+    longest first, requests with identical inputs share one row, and results come back in the
+    caller's order.
     """
     device = _device(model)
     prepared = []
@@ -48,26 +49,31 @@ def score_continuations(model: Gemma3nForCausalLM, requests: list[tuple[list[int
                                  f"max_length {max_length}")
             tokens = tokens[-(max_length + 1):]
         prepared.append(tokens)
+    # Requests whose model inputs are identical (the choices of a multiple-choice question that
+    # are one token each share their context) are computed once, as lm-eval's own HF model does.
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for index, tokens in enumerate(prepared):
+        rows.setdefault(tuple(tokens[:-1]), []).append(index)
+    inputs_list = sorted(rows, key=len, reverse=True)
     results: list[ContinuationScore | None] = [None] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: -len(prepared[i]))
-    for batch_start in range(0, len(order), batch_size):
-        indices = order[batch_start:batch_start + batch_size]
-        width = max(len(prepared[i]) - 1 for i in indices)
-        input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, index in enumerate(indices):
-            inputs = prepared[index][:-1]
+    for batch_start in range(0, len(inputs_list), batch_size):
+        batch = inputs_list[batch_start:batch_start + batch_size]
+        width = len(batch[0])
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, inputs in enumerate(batch):
             input_ids[row, :len(inputs)] = torch.tensor(inputs)
             attention[row, :len(inputs)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, index in enumerate(indices):
-            tokens, continuation = prepared[index], requests[index][1]
-            start = len(tokens) - len(continuation) - 1
-            logprobs = torch.log_softmax(logits[row, start:start + len(continuation)].float(), dim=-1)
-            targets = torch.tensor(continuation, device=device)
-            chosen = logprobs.gather(-1, targets[:, None])[:, 0]
-            greedy = bool((logprobs.argmax(-1) == targets).all())
-            results[index] = ContinuationScore(tuple(chosen.tolist()), greedy)
+        for row, inputs in enumerate(batch):
+            for index in rows[inputs]:
+                tokens, continuation = prepared[index], requests[index][1]
+                start = len(tokens) - len(continuation) - 1
+                logprobs = torch.log_softmax(logits[row, start:start + len(continuation)].float(), dim=-1)
+                targets = torch.tensor(continuation, device=device)
+                chosen = logprobs.gather(-1, targets[:, None])[:, 0]
+                greedy = bool((logprobs.argmax(-1) == targets).all())
+                results[index] = ContinuationScore(tuple(chosen.tolist()), greedy)
     return results  # type: ignore[return-value]
 
 

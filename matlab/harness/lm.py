@@ -51,18 +51,21 @@ class MatformerLM(LM):
         return [(score.total, score.is_greedy) for score in scores]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        totals = []
-        for request in requests:
+        pairs, owners = [], []
+        for number, request in enumerate(requests):
             (text,) = request.args
             ids = [self.tokenizer.bos_token_id, *self._encode(text, special=False)]
-            total = 0.0
             # Windows of up to max_length predictions; each is conditioned on as many of the
             # tokens just before it as fit in max_length + 1 (the first window on BOS alone).
             for start in range(1, len(ids), self.max_length):
                 continuation = ids[start:start + self.max_length]
-                context = ids[max(0, start + len(continuation) - self.max_length - 1):start]
-                total += score_continuations(self.submodel.model, [(context, continuation)])[0].total
-            totals.append(total)
+                pairs.append((ids[max(0, start + len(continuation) - self.max_length - 1):start], continuation))
+                owners.append(number)
+        scores = score_continuations(self.submodel.model, pairs, batch_size=self.batch_size,
+                                     pad_id=self.tokenizer.pad_token_id or 0)
+        totals = [0.0] * len(requests)
+        for number, score in zip(owners, scores):
+            totals[number] += score.total
         return totals
 
     def generate_until(self, requests) -> list[str]:
