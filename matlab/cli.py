@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from matlab.errors import MatformerError
+
+# lm-evaluation-harness draws tqdm bars per request batch; they would tear through the rich
+# progress display, which already reports the sweep.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -324,6 +329,26 @@ def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint dire
     console.print(table)
 
 
+def _sweep_progress():
+    """A rich progress display for sweeps (one bar per sweep: configs done of total, the config
+    being evaluated, elapsed and remaining time) and the event handler that drives it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=errors)
+    tasks: list = []
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "start":
+            tasks.append(progress.add_task("sweep", total=info["total"], completed=info["done"]))
+        elif event == "config":
+            progress.update(tasks[-1], description=f"evaluating {info['name']}")
+        elif event == "done":
+            progress.advance(tasks[-1])
+
+    return progress, on_event
+
+
 @app.command()
 def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory, hub id or 'nano'.")],
           configs: Annotated[list[Path], typer.Option("--configs", help="Config files or folders of them.")],
@@ -332,24 +357,11 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
           device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
     from matlab.harness.suite import load_suite
     from matlab.harness.sweep import SweepSettings, run_sweep
 
     paths = sorted({p for entry in configs for p in (entry.glob("*.yaml") if entry.is_dir() else [entry])})
-    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=errors)
-    task = progress.add_task("sweep", total=len(paths))
-
-    def on_event(event: str, info: dict) -> None:
-        if event == "start":
-            progress.update(task, total=info["total"], completed=info["done"])
-        elif event == "config":
-            progress.update(task, description=f"evaluating {info['name']}")
-        elif event == "done":
-            progress.advance(task)
-
+    progress, on_event = _sweep_progress()
     with reported_errors(), progress:
         settings = SweepSettings(load_suite(suite), limit=limit, materialize=materialize, device=device, dtype=dtype)
         evaluated = run_sweep(checkpoint, paths, out, settings, progress=on_event)
@@ -378,11 +390,8 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes 
     nano suite (and the control on two), write the HTML report."""
     from matlab.harness.demo import run_demo
 
-    def on_event(event: str, info: dict) -> None:
-        if event == "done":
-            errors.print(f"  {info['name']}: {info['seconds']:.1f}s", highlight=False)
-
-    with reported_errors():
+    progress, on_event = _sweep_progress()
+    with reported_errors(), progress:
         result = run_demo(out, limit=limit, progress=on_event)
     console.print(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
                   f"report: {result.report}", highlight=False)
@@ -417,3 +426,55 @@ def bench_slice_command(checkpoint: Annotated[Path, typer.Option("--checkpoint",
     console.print(f"ours/naive time {result['ours_over_naive_seconds']:.2f}, ours/copy time "
                   f"{result['ours_over_copy_seconds']:.2f}, ours/naive peak RSS {result['ours_over_naive_rss']:.2f}; "
                   f"{result['tensors_verified_equal']} tensors read back equal", highlight=False)
+
+
+@bench_app.command("sweep")
+def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")],
+                        configs: Annotated[list[Path], typer.Option("--configs", help="Config files or folders.")],
+                        suite: SuiteOpt, limit: LimitOpt = None,
+                        work_dir: Annotated[Path, typer.Option(help="Scratch space for the two runs.")] = Path(
+                            "bench-work"),
+                        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """An elastic sweep against a --materialize sweep: end-to-end time and identical scores."""
+    from matlab.bench.sweep_bench import bench_sweep
+
+    paths = sorted({p for entry in configs for p in (entry.glob("*.yaml") if entry.is_dir() else [entry])})
+    with reported_errors():
+        result = bench_sweep(checkpoint, paths, suite, work_dir, limit=limit)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("mode", "sweep seconds", "peak RSS (MiB)", title=f"sweeping {len(paths)} configs of {checkpoint}")
+    for mode, numbers in result["modes"].items():
+        table.add_row(mode, f"{numbers['sweep_seconds']:.1f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}")
+    console.print(table)
+    console.print(f"materialize/elastic time {result['materialize_over_elastic_seconds']:.2f}; "
+                  f"{result['scores_identical']} of {result['scores_compared']} scores identical "
+                  f"(largest difference {result['max_score_difference']:.3g})", highlight=False)
+
+
+@bench_app.command("switch")
+def bench_switch_command(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Full checkpoint directory.")],
+                         config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
+                         dtype: DtypeOpt = "bfloat16",
+                         work_dir: Annotated[Path, typer.Option(help="Scratch space for the slice.")] = Path(
+                             "bench-work"),
+                         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Switching cost: build an elastic submodel of a loaded model vs slice to disk and load."""
+    from matlab.bench.sweep_bench import bench_switch
+
+    with reported_errors():
+        result = bench_switch(checkpoint, config, work_dir, dtype=dtype)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    elastic, disk = result["modes"]["elastic"], result["modes"]["materialize"]
+    table = Table("step", "seconds", title=f"switching {checkpoint} to {config} ({dtype}, text only)")
+    table.add_row("load the full model (once per sweep)", f"{elastic['load_full_seconds']:.2f}")
+    table.add_row("elastic: build the submodel (median)", f"{result['elastic_switch_seconds']:.4f}")
+    table.add_row("disk: slice to disk", f"{disk['slice_seconds']:.2f}")
+    table.add_row("disk: load the slice", f"{disk['load_slice_seconds']:.2f}")
+    console.print(table)
+    console.print(f"disk/elastic switching time {result['disk_over_elastic']:.0f}x; peak RSS elastic "
+                  f"{elastic['peak_rss_bytes'] / 2**30:.2f} GiB, disk {disk['peak_rss_bytes'] / 2**30:.2f} GiB; "
+                  f"largest logit difference {result['max_logit_difference']:.3g}", highlight=False)

@@ -35,3 +35,28 @@ def test_verify_detects_differences(tiny_text, tmp_path):
     with pytest.raises(AssertionError, match="values differ"):
         verify_same_tensors(tmp_path / "a", tmp_path / "c")
     assert verify_same_tensors(tmp_path / "a", tmp_path / "a") > 0
+
+
+def test_bench_sweep_elastic_and_materialized_agree(tmp_path):
+    from matlab.bench.sweep_bench import bench_sweep
+    from matlab.harness.demo import demo_inputs
+
+    configs, suite = demo_inputs()
+    chosen = [path for path in configs if path.stem in ("nano-e2b", "nano-l4")]
+    result = bench_sweep("nano", chosen, suite, tmp_path / "work", limit=3)
+    assert result["scores_compared"] >= 2 * 3 and result["scores_identical"] == result["scores_compared"]
+    assert all(mode["sweep_seconds"] > 0 and mode["peak_rss_bytes"] > 0 for mode in result["modes"].values())
+    assert (tmp_path / "work" / "materialize" / "results.jsonl").is_file()
+
+
+def test_bench_switch_measures_both_paths_and_compares_logits(tiny_text, tmp_path):
+    from matlab.bench.sweep_bench import bench_switch
+
+    config = tmp_path / "c.yaml"
+    config.write_text(dump_slice_config(SliceConfig(name="c", layers_skipped=[10, 11], ffn_widths=128)))
+    result = bench_switch(tiny_text, config, tmp_path / "work", dtype="float32", builds=3)
+    elastic, disk = result["modes"]["elastic"], result["modes"]["materialize"]
+    assert len(elastic["build_seconds_each"]) == 3 and elastic["load_full_seconds"] > 0
+    assert disk["slice_seconds"] > 0 and disk["load_slice_seconds"] > 0
+    assert result["max_logit_difference"] == 0.0  # the elastic submodel computes exactly what the slice does
+    assert not (tmp_path / "work" / "sliced").exists()

@@ -45,6 +45,11 @@ def _metric_series(frame, task: str, metric: str):
     return rows.reset_index(drop=True)
 
 
+def _stated(value):
+    """A stated figure, or None where the config states none (pandas reads those as NaN)."""
+    return None if value is None or value != value else value  # NaN is the one value unequal to itself
+
+
 def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | None = None,
                  compare_label: str = "compared run", force: bool = False) -> Path:
     """Write `out/index.html` for the sweep in `run_dir` (optionally overlaying `compare`)."""
@@ -112,7 +117,9 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
             values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
         values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}"]
         result_rows.append({"config": config["config"], "cells": values, "front": config["config_hash"] in front_hashes})
-    configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"]))}
+    configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"])),
+                "stated_effective_params_b": _stated(row.get("stated_effective_params_b")),
+                "stated_mmlu": _stated(row.get("stated_mmlu"))}
                for row in per_config.to_dict("records")]
     identity = run.get("identity", {})
     provenance = [("tool version", run.get("tool_version", "")), ("started", run.get("started", "")),
