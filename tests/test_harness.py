@@ -133,3 +133,17 @@ def test_suite_errors_are_named(tmp_path, tiny_text):
     unknown.write_text("name: x\ntask_dirs: [nowhere]\ntasks: [{name: t}]\n")
     result = runner.invoke(app, ["eval", str(tiny_text), "--suite", str(unknown)])
     assert result.exit_code == 1 and "task_dirs entry 'nowhere' is not a directory" in result.stderr
+
+
+def test_hub_suite_offline_fails_with_a_clear_message():
+    """The model-card suite needs the Hub; offline it stops with one line naming the task."""
+    import os
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run([sys.executable, "-m", "matlab", "eval", "nano", "--suite",
+                                str(repo / "evals" / "gemma3n-model-card.yaml"), "--limit", "1"],
+                               capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode != 0
+    assert "error: task 'hellaswag' could not load its dataset" in completed.stderr
+    assert "need a network connection" in completed.stderr and "Traceback" not in completed.stderr
