@@ -23,22 +23,45 @@ def _svg(figure) -> bytes:
     return buffer.getvalue()
 
 
+# Candidate label positions (offset in points from the marker), tried in order.
+_OFFSETS = ((4, 3), (4, -9), (-4, 3), (-4, -9), (4, 12), (4, -18), (-4, 12), (-4, -18), (4, 21), (4, -27))
+_LABEL_SIZE = 7
+
+
+def _place_labels(axes, labels, xs, ys, placed: list, color: str) -> None:
+    """Label every point at the first candidate offset whose text box overlaps no label placed
+    so far (a small greedy placement; matplotlib has none built in)."""
+    figure = axes.figure
+    axes.autoscale_view()
+    scale = figure.dpi / 72  # points to pixels
+    for label, x, y in sorted(zip(labels, xs, ys), key=lambda item: (item[1], item[2])):
+        px, py = axes.transData.transform((x, y))
+        width, height = 0.6 * _LABEL_SIZE * len(label) * scale, _LABEL_SIZE * scale
+        for dx, dy in _OFFSETS:
+            left = px + dx * scale if dx > 0 else px + dx * scale - width
+            box = (left, py + dy * scale, left + width, py + dy * scale + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=_LABEL_SIZE, color=color,
+                      ha="left" if dx > 0 else "right")
+
+
 def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *, cost_label: str, score_label: str,
                   higher_is_better: bool = True, reference: tuple[list[float], list[float], list[str]] | None = None,
                   compare: tuple[list[float], list[float], list[str], str] | None = None) -> bytes:
     """Score against cost, every point labelled, the Pareto frontier drawn and highlighted."""
-    figure, axes = plt.subplots(figsize=(7.2, 4.4))
+    figure, axes = plt.subplots(figsize=(8.4, 5.0))
     front = pareto_front(costs, scores, higher_is_better)
     axes.scatter(costs, scores, color="#9aa5b1", zorder=2, label="configs")
     axes.plot([costs[i] for i in front], [scores[i] for i in front], "-o", color="#d64545", zorder=3,
               label="Pareto frontier")
-    for label, cost, score in zip(labels, costs, scores):
-        axes.annotate(label, (cost, score), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if compare:
         axes.scatter(compare[0], compare[1], marker="x", color="#3e6fb0", zorder=4, label=compare[3])
-        for label, cost, score in zip(compare[2], compare[0], compare[1]):
-            axes.annotate(label, (cost, score), textcoords="offset points", xytext=(4, -9), fontsize=7,
-                          color="#3e6fb0")
+    placed: list[tuple[float, float, float, float]] = []
+    _place_labels(axes, labels, costs, scores, placed, "#222222")
+    if compare:
+        _place_labels(axes, compare[2], compare[0], compare[1], placed, "#3e6fb0")
     if reference:
         twin = axes.twinx()
         twin.scatter(reference[0], reference[1], marker="^", color="#2f8a57", label="stated by source")
