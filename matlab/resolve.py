@@ -14,16 +14,20 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EMBEDDED = ("nano", "nano-control")
 
 
+def _embedded_directory(name: str) -> Path:
+    return Path(str(resources.files("matlab") / "data" / name))
+
+
 def embedded_available(name: str) -> bool:
-    return (Path(str(resources.files("matlab") / "data" / name)) / "config.json").is_file()
+    return (_embedded_directory(name) / "config.json").is_file()
 
 
 def embedded_checkpoint(name: str) -> Path | None:
     """The directory of a checkpoint shipped inside the package (`nano`, `nano-control`)."""
     if name not in EMBEDDED:
         return None
-    directory = Path(str(resources.files("matlab") / "data" / name))
-    if not (directory / "config.json").is_file():
+    directory = _embedded_directory(name)
+    if not embedded_available(name):
         raise CheckpointError(f"{name}: the embedded checkpoint is missing from this installation "
                               f"({directory}); reinstall matformer-lab or train it with `matformer train-nano`")
     return directory

@@ -60,19 +60,25 @@ def drop_page_cache(directory: Path) -> None:
                 os.close(descriptor)
 
 
-def _measure(method: str, source: Path, config: Path, out: Path, text_only: bool) -> Measurement:
-    shutil.rmtree(out, ignore_errors=True)
-    drop_page_cache(source)
+def run_measured(runner: str, args: list[str]) -> tuple[dict, float, int]:
+    """Run a runner script in a fresh process: (the JSON of its last output line, wall seconds,
+    peak RSS bytes of that process)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", _RUNNER, method, str(source), str(config), str(out),
-                                "1" if text_only else "0"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", runner, *args], stdout=subprocess.PIPE, text=True)
     stdout = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if status != 0:
-        raise RuntimeError(f"{method} benchmark run failed with status {status}")
-    moved = json.loads(stdout.strip().splitlines()[-1])
-    return Measurement(method, seconds, usage.ru_maxrss * 1024, moved["read"], moved["written"])
+        raise RuntimeError(f"benchmark process {args[:1]} failed with status {status}")
+    return json.loads(stdout.strip().splitlines()[-1]), seconds, usage.ru_maxrss * 1024
+
+
+def _measure(method: str, source: Path, config: Path, out: Path, text_only: bool) -> Measurement:
+    shutil.rmtree(out, ignore_errors=True)
+    drop_page_cache(source)
+    moved, seconds, rss = run_measured(_RUNNER, [method, str(source), str(config), str(out),
+                                                 "1" if text_only else "0"])
+    return Measurement(method, seconds, rss, moved["read"], moved["written"])
 
 
 def verify_same_tensors(first: Path, second: Path, chunk_rows: int = 4096) -> int:

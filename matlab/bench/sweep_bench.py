@@ -9,14 +9,11 @@ other's warm caches or imports.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
+import statistics
 from pathlib import Path
 
-from matlab.bench.slice_bench import drop_page_cache
+from matlab.bench.slice_bench import drop_page_cache, run_measured
 
 _SWEEP_RUNNER = """
 import json, sys, time
@@ -80,18 +77,6 @@ print(json.dumps(numbers))
 """
 
 
-def _run(runner: str, args: list[str]) -> tuple[dict, float, int]:
-    """Run a runner script in a fresh process: (its JSON line, wall seconds, peak RSS bytes)."""
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", runner, *args], stdout=subprocess.PIPE, text=True)
-    stdout = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"benchmark process {args[:1]} failed with status {status}")
-    return json.loads(stdout.strip().splitlines()[-1]), seconds, usage.ru_maxrss * 1024
-
-
 def _scores(run_dir: Path) -> dict[tuple[str, str, str], float]:
     from matlab.harness.results import read_results
 
@@ -107,7 +92,7 @@ def bench_sweep(checkpoint: str, configs: list[Path], suite: Path, work_dir: Pat
     for mode in ("elastic", "materialize"):
         run_dir = work_dir / mode
         shutil.rmtree(run_dir, ignore_errors=True)
-        inner, wall, rss = _run(_SWEEP_RUNNER, [checkpoint, str(suite), str(run_dir), "1" if mode == "materialize"
+        inner, wall, rss = run_measured(_SWEEP_RUNNER, [checkpoint, str(suite), str(run_dir), "1" if mode == "materialize"
                                                 else "0", str(limit or ""), json.dumps([str(p) for p in configs])])
         measured[mode] = {"sweep_seconds": inner["seconds"], "process_seconds": wall, "peak_rss_bytes": rss}
     elastic, materialized = _scores(work_dir / "elastic"), _scores(work_dir / "materialize")
@@ -131,18 +116,18 @@ def bench_switch(checkpoint: Path, config: Path, work_dir: Path, dtype: str = "b
     results = {}
     for mode in ("elastic", "materialize"):
         drop_page_cache(checkpoint)
-        numbers, wall, rss = _run(_SWITCH_RUNNER, [mode, str(checkpoint), str(config), str(work_dir), dtype,
+        numbers, wall, rss = run_measured(_SWITCH_RUNNER, [mode, str(checkpoint), str(config), str(work_dir), dtype,
                                                    str(builds)])
         results[mode] = {**numbers, "process_seconds": wall, "peak_rss_bytes": rss}
     logits = [torch.load(work_dir / f"logits-{mode}.pt") for mode in ("elastic", "materialize")]
     shutil.rmtree(work_dir / "sliced", ignore_errors=True)
     # A switch ends when the submodel has answered its first forward pass: loading is lazy
     # (memory-mapped), so the slice's first pass pays for reading it.
-    builds_each = sorted(results["elastic"]["build_seconds_each"])
-    elastic_switch = builds_each[len(builds_each) // 2] + results["elastic"]["first_forward_seconds"]
+    elastic_build = statistics.median(results["elastic"]["build_seconds_each"])
+    elastic_switch = elastic_build + results["elastic"]["first_forward_seconds"]
     disk = results["materialize"]
     disk_switch = disk["slice_seconds"] + disk["load_slice_seconds"] + disk["first_forward_seconds"]
     return {"checkpoint": str(checkpoint), "config": str(config), "dtype": dtype, "modes": results,
-            "elastic_switch_seconds": elastic_switch, "disk_switch_seconds": disk_switch,
+            "elastic_build_seconds": elastic_build, "elastic_switch_seconds": elastic_switch, "disk_switch_seconds": disk_switch,
             "disk_over_elastic": disk_switch / elastic_switch,
             "max_logit_difference": float((logits[0] - logits[1]).abs().max())}
