@@ -60,3 +60,20 @@ def test_bench_switch_measures_both_paths_and_compares_logits(tiny_text, tmp_pat
     assert disk["slice_seconds"] > 0 and disk["load_slice_seconds"] > 0
     assert result["max_logit_difference"] == 0.0  # the elastic submodel computes exactly what the slice does
     assert not (tmp_path / "work" / "sliced").exists()
+
+
+def test_bench_bad_input_is_one_line_and_writes_nothing(tiny_text, tmp_path):
+    from typer.testing import CliRunner
+
+    from matlab.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text(dump_slice_config(SliceConfig(name="c", ffn_widths=[128] * 3)))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["bench", "switch", "--checkpoint", str(tmp_path / "nowhere"), "--config", str(config),
+                                  "--work-dir", str(tmp_path / "work")])
+    assert missing.exit_code != 0 and "nowhere" in missing.output and "Traceback" not in missing.output
+    wrong = runner.invoke(app, ["bench", "switch", "--checkpoint", str(tiny_text), "--config", str(config),
+                                "--work-dir", str(tmp_path / "work")])
+    assert wrong.exit_code != 0 and "ffn_widths" in wrong.output
+    assert not (tmp_path / "work").exists()

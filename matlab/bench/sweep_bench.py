@@ -77,6 +77,19 @@ print(json.dumps(numbers))
 """
 
 
+def _check_inputs(checkpoint: str | Path, configs: list[Path]) -> None:
+    """Validate the checkpoint and every config here, so bad input stops with the library's own
+    message (naming the field or layer) before any process starts or anything is written."""
+    from matlab.architecture import facts_from_checkpoint
+    from matlab.plan import SlicePlan
+    from matlab.resolve import resolve_checkpoint
+    from matlab.slice_config import load_slice_config
+
+    facts = facts_from_checkpoint(resolve_checkpoint(checkpoint))
+    for path in configs:
+        SlicePlan.build(load_slice_config(path), facts, str(path))
+
+
 def _scores(run_dir: Path) -> dict[tuple[str, str, str], float]:
     from matlab.harness.results import read_results
 
@@ -87,6 +100,10 @@ def _scores(run_dir: Path) -> dict[tuple[str, str, str], float]:
 def bench_sweep(checkpoint: str, configs: list[Path], suite: Path, work_dir: Path,
                 limit: int | None = None) -> dict:
     """Time an elastic and a materialized sweep end to end and compare every score they give."""
+    from matlab.harness.suite import load_suite
+
+    load_suite(suite)
+    _check_inputs(checkpoint, configs)
     work_dir.mkdir(parents=True, exist_ok=True)
     measured = {}
     for mode in ("elastic", "materialize"):
@@ -112,6 +129,7 @@ def bench_switch(checkpoint: Path, config: Path, work_dir: Path, dtype: str = "b
     from the cache; the two submodels' logits on one input are compared."""
     import torch
 
+    _check_inputs(checkpoint, [config])
     work_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for mode in ("elastic", "materialize"):
