@@ -486,3 +486,46 @@ def bench_switch_command(checkpoint: Annotated[Path, typer.Option("--checkpoint"
     console.print(f"disk/elastic switching time {result['disk_over_elastic']:.0f}x; peak RSS elastic "
                   f"{elastic['peak_rss_bytes'] / 2**30:.2f} GiB, disk {disk['peak_rss_bytes'] / 2**30:.2f} GiB; "
                   f"largest logit difference {result['max_logit_difference']:.3g}", highlight=False)
+
+
+@bench_app.command("nano-capacity")
+def bench_nano_capacity_command(
+        people: Annotated[int, typer.Option(min=2, max=4096, help="People in the synthetic world (4 facts each).")] = 256,
+        steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
+        every: Annotated[int, typer.Option(min=1, help="Score the fact questions every this many steps.")] = 250,
+        fact_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training sentences that are facts.")
+                              ] = 0.7,
+        frozen_names: Annotated[bool, typer.Option(
+            help="Keep the names' embedding rows at their random initial values, so facts must live in the layers.")
+                                ] = False,
+        seed: int = 0,
+        threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: torch's default).")] = 0,
+        device: Annotated[str, typer.Option(help="Torch device to train on (cpu, cuda).")] = "cpu",
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Train nano as a MatFormer on a world of a given size; fact accuracy of nano-E4B, nano-E2B
+    and nano-L4 (held-out frames) every few steps."""
+    import torch
+
+    from matlab.bench.nano_capacity import MEASURED, bench_capacity
+    from matlab.nano.train import TrainSettings
+
+    if threads:
+        torch.set_num_threads(threads)
+    command = shlex.join(["matformer", "bench", "nano-capacity", "--people", str(people), "--steps", str(steps),
+                          "--every", str(every), "--fact-share", str(fact_share), "--seed", str(seed),
+                          *(["--frozen-names"] if frozen_names else [])])
+    settings = TrainSettings(steps=steps, seed=seed, people=people, fact_share=fact_share, frozen_names=frozen_names,
+                             device=device)
+    with reported_errors():
+        result = bench_capacity(settings, every, on_point=None if as_json else lambda point: errors.print(
+            f"step {point['step']}: " + ", ".join(f"{stem} {point[stem]:.3f}" for stem in MEASURED), highlight=False))
+    result["command"] = command
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("step", *MEASURED, "E4B - E2B", title=f"fact accuracy, {people} people (chance {result['chance']:.3f})")
+    for point in result["points"]:
+        table.add_row(str(point["step"]), *(f"{point[stem]:.3f}" for stem in MEASURED),
+                      f"{point['nano-e4b'] - point['nano-e2b']:+.3f}")
+    console.print(table)
+    console.print(f"{result['seconds'] / 60:.1f} minutes of training; reproduce: {command}", highlight=False)

@@ -77,3 +77,20 @@ def test_bench_bad_input_is_one_line_and_writes_nothing(tiny_text, tmp_path):
                                 "--work-dir", str(tmp_path / "work")])
     assert wrong.exit_code != 0 and "ffn_widths" in wrong.output
     assert not (tmp_path / "work").exists()
+
+
+def test_bench_nano_capacity_cli_prints_points_and_command():
+    import json
+
+    from typer.testing import CliRunner
+
+    from matlab.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "nano-capacity", "--people", "16", "--steps", "2", "--every", "1",
+                                      "--fact-share", "0.85", "--frozen-names", "--json"])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.stdout)
+    assert [point["step"] for point in numbers["points"]] == [1, 2]
+    assert all(0 <= point[stem] <= 1 for point in numbers["points"] for stem in ("nano-e4b", "nano-e2b", "nano-l4"))
+    assert 0.07 < numbers["chance"] < 0.08 and numbers["settings"]["frozen_names"] is True
+    assert numbers["command"].endswith("--fact-share 0.85 --seed 0 --frozen-names")

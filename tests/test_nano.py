@@ -6,7 +6,9 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
+from transformers import Gemma3nForCausalLM
 
 from matlab.architecture import facts_from_config
 from matlab.core.loading import load_model, text_facts
@@ -64,8 +66,6 @@ def test_nano_configs_are_valid_and_committed():
 
 
 def test_submodel_step_updates_only_the_nested_weights():
-    from transformers import Gemma3nForCausalLM
-
     torch.manual_seed(0)
     model = Gemma3nForCausalLM(tiny_text_config())
     _perturb(model, seed=1)  # at init AltUp's output scale is zero, which blocks PLE gradients
@@ -97,3 +97,37 @@ def test_train_and_save_round_trip(tmp_path):
     assert json.loads((tmp_path / "nano" / CURVE_NAME).read_text())["settings"]["steps"] == 3
     again = train_nano(settings)
     assert [e["loss"] for e in again.curve] == [e["loss"] for e in result.curve]  # seeded: reproducible
+
+
+def test_frozen_names_keep_their_rows_and_every_hook_runs():
+    settings = TrainSettings(steps=4, batch_size=2, sequence_length=16, people=16, frozen_names=True)
+    torch.manual_seed(settings.seed)
+    initial = Gemma3nForCausalLM(nano_config(len(build_tokenizer(make_world(16).vocabulary()))))
+    seen = []
+    result = train_nano(settings, every=2, on_every=lambda step, model: seen.append((step, model.training)))
+    assert seen == [(2, False), (4, False)]
+    ids = torch.tensor(result.tokenizer.convert_tokens_to_ids(list(result.world.people)))
+    others = torch.tensor(result.tokenizer.convert_tokens_to_ids(["lives", "baker", "plus"]))
+    for name in ("embed_tokens", "embed_tokens_per_layer"):
+        trained = getattr(result.model.model, name).weight.detach()
+        start = getattr(initial.model, name).weight.detach()
+        assert torch.equal(trained[ids], start[ids])  # names: exactly their random initial rows
+        assert not torch.equal(trained[others], start[others])  # other words trained
+
+
+def test_capacity_bench_scores_as_lm_eval_does(tmp_path):
+    """The capacity benchmark's in-process fact scorer gives lm-evaluation-harness's `acc`
+    on the shipped nano model, question for question."""
+    from matlab.bench.nano_capacity import fact_accuracy
+    from matlab.core.submodel import select_submodel
+    from matlab.harness.evaluate import evaluate_submodel
+    from matlab.harness.suite import load_suite
+
+    suite = tmp_path / "facts.yaml"
+    suite.write_text(f"name: facts\ntask_dirs: [{REPO / 'evals' / 'nano'}]\ntasks:\n  - name: nano_facts\n"
+                     "    metric: acc\n", encoding="utf-8")
+    loaded = load_model("nano")
+    limit = 120
+    score, = evaluate_submodel(select_submodel(loaded, None), load_suite(suite), limit=limit)
+    ours = fact_accuracy(loaded.model, loaded.tokenizer, fact_questions(make_world())[:limit])
+    assert score.samples == limit and ours == pytest.approx(score.value, abs=1e-9)

@@ -40,6 +40,11 @@ class TrainSettings:
     matformer: bool = True  # False: the control, trained at full size only
     sample_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
     device: str = "cpu"
+    fact_share: float = 0.7  # share of training sentences that state a fact
+    # Keep the people's rows of the token and per-layer embedding tables at their random
+    # initial values, so their facts must be stored in the layers (an experiment of
+    # matlab.bench.nano_capacity; the shipped models train every row).
+    frozen_names: bool = False
 
 
 @dataclass
@@ -51,11 +56,11 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def token_stream(world: World, tokenizer, seed: int):
+def token_stream(world: World, tokenizer, seed: int, fact_share: float = 0.7):
     """An endless stream of training tokens: documents separated by EOS."""
     generator = random.Random(seed)
     while True:
-        yield from tokenizer(document(world, generator), add_special_tokens=False).input_ids
+        yield from tokenizer(document(world, generator, fact_share=fact_share), add_special_tokens=False).input_ids
         yield tokenizer.eos_token_id
 
 
@@ -83,8 +88,17 @@ def submodel_loss(model: Gemma3nForCausalLM, plan: SlicePlan | None, input_ids: 
                            strict=False).loss
 
 
-def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], None] | None = None) -> TrainResult:
-    """Train the nano model (MatFormer, or full-size only for the control)."""
+def _name_rows(model: Gemma3nForCausalLM, tokenizer, world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(table, initial rows) of the people's tokens in the token and per-layer embedding tables."""
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.people)))
+    tables = (model.model.embed_tokens.weight, model.model.embed_tokens_per_layer.weight)
+    return [(table, table.detach()[ids.to(table.device)].clone()) for table in tables]
+
+
+def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], None] | None = None,
+               every: int = 0, on_every: Callable[[int, Gemma3nForCausalLM], None] | None = None) -> TrainResult:
+    """Train the nano model (MatFormer, or full-size only for the control). With `every`,
+    `on_every(steps_done, model)` runs after every `every` steps (the model in eval mode)."""
     torch.manual_seed(settings.seed)
     generator = random.Random(settings.seed)
     world = make_world(settings.people, seed=0)
@@ -97,8 +111,10 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
     e2b_plan = SlicePlan.build(nested_e2b(), facts)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=0.01)
-    data = batches(token_stream(world, tokenizer, settings.seed), settings.batch_size, settings.sequence_length,
-                   tokenizer.bos_token_id)
+    data = batches(token_stream(world, tokenizer, settings.seed, settings.fact_share), settings.batch_size,
+                   settings.sequence_length, tokenizer.bos_token_id)
+    frozen = _name_rows(model, tokenizer, world) if settings.frozen_names else []
+    name_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.people)), device=settings.device)
     result = TrainResult(model, tokenizer, world)
     started = time.perf_counter()
     for step in range(settings.steps):
@@ -113,11 +129,18 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        with torch.no_grad():
+            for table, rows in frozen:  # restored rather than masked: AdamW's decay moves zero-gradient rows
+                table[name_ids] = rows
         value = float(loss.detach())
         result.curve.append({"step": step, "granularity": granularity, "loss": round(value, 4),
                              "seconds": round(time.perf_counter() - started, 1)})
         if on_step:
             on_step(step, granularity, value)
+        if on_every and every and (step + 1) % every == 0:
+            model.eval()
+            on_every(step + 1, model)
+            model.train()
     result.seconds = time.perf_counter() - started
     model.eval()
     result.model = model.cpu()

@@ -81,15 +81,16 @@ def narrative_sentence(world: World, generator: random.Random) -> str:
                            col=world.facts[q]["color"], pet=world.facts[p]["pet"])
 
 
-def document(world: World, generator: random.Random, sentences: int = 12) -> str:
-    """A training document: mostly facts, some arithmetic and narrative."""
+def document(world: World, generator: random.Random, sentences: int = 12, fact_share: float = 0.7) -> str:
+    """A training document: mostly facts (`fact_share` of the sentences), the rest arithmetic
+    and narrative in equal parts."""
     parts = []
     for _ in range(sentences):
         roll = generator.random()
-        if roll < 0.7:
+        if roll < fact_share:
             parts.append(fact_sentence(world, generator.choice(world.people), generator.choice(tuple(ATTRIBUTES)),
                                        generator))
-        elif roll < 0.85:
+        elif roll < fact_share + (1 - fact_share) / 2:
             parts.append(arithmetic_sentence(generator))
         else:
             parts.append(narrative_sentence(world, generator))
