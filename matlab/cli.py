@@ -498,6 +498,7 @@ def bench_nano_capacity_command(
         frozen_names: Annotated[bool, typer.Option(
             help="Keep the names' embedding rows at their random initial values, so facts must live in the layers.")
                                 ] = False,
+        ffn: Annotated[int, typer.Option(min=2, help="The full model's FFN width (nano ships with 512).")] = 512,
         seed: int = 0,
         threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: torch's default).")] = 0,
         device: Annotated[str, typer.Option(help="Torch device to train on (cpu, cuda).")] = "cpu",
@@ -512,10 +513,10 @@ def bench_nano_capacity_command(
     if threads:
         torch.set_num_threads(threads)
     command = shlex.join(["matformer", "bench", "nano-capacity", "--people", str(people), "--steps", str(steps),
-                          "--every", str(every), "--fact-share", str(fact_share), "--seed", str(seed),
+                          "--every", str(every), "--fact-share", str(fact_share), "--ffn", str(ffn), "--seed", str(seed),
                           *(["--frozen-names"] if frozen_names else [])])
     settings = TrainSettings(steps=steps, seed=seed, people=people, fact_share=fact_share, frozen_names=frozen_names,
-                             device=device)
+                             ffn=ffn, device=device)
     with reported_errors():
         result = bench_capacity(settings, every, on_point=None if as_json else lambda point: errors.print(
             f"step {point['step']}: " + ", ".join(f"{stem} {point[stem]:.3f}" for stem in MEASURED), highlight=False))

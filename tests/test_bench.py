@@ -87,10 +87,11 @@ def test_bench_nano_capacity_cli_prints_points_and_command():
     from matlab.cli import app
 
     result = CliRunner().invoke(app, ["bench", "nano-capacity", "--people", "16", "--steps", "2", "--every", "1",
-                                      "--fact-share", "0.85", "--frozen-names", "--json"])
+                                      "--fact-share", "0.85", "--ffn", "64", "--frozen-names", "--json"])
     assert result.exit_code == 0, result.output
     numbers = json.loads(result.stdout)
     assert [point["step"] for point in numbers["points"]] == [1, 2]
     assert all(0 <= point[stem] <= 1 for point in numbers["points"] for stem in ("nano-e4b", "nano-e2b", "nano-l4"))
     assert 0.07 < numbers["chance"] < 0.08 and numbers["settings"]["frozen_names"] is True
-    assert numbers["command"].endswith("--fact-share 0.85 --seed 0 --frozen-names")
+    assert numbers["settings"]["ffn"] == 64
+    assert numbers["command"].endswith("--fact-share 0.85 --ffn 64 --seed 0 --frozen-names")

@@ -53,7 +53,7 @@ def bench_capacity(settings: TrainSettings, every: int,
     def measure(step: int, model: Gemma3nForCausalLM) -> None:
         if "plans" not in state:
             facts = text_facts(facts_from_config({**model.config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
-            state["plans"] = {stem: SlicePlan.build(nano_configs()[stem], facts) for stem in MEASURED}
+            state["plans"] = {stem: SlicePlan.build(nano_configs(settings.ffn)[stem], facts) for stem in MEASURED}
         point = {"step": step}
         for stem, plan in state["plans"].items():
             submodel = model if stem == "nano-e4b" else build_submodel(model, plan).eval()

@@ -20,7 +20,7 @@ from transformers import Gemma3nForCausalLM
 from matlab.core.elastic import build_submodel, parameter_views
 from matlab.core.loading import text_facts
 from matlab.architecture import facts_from_config
-from matlab.nano.model import nano_config, nested_e2b, random_mix_n_match
+from matlab.nano.model import FFN, nano_config, nested_e2b, random_mix_n_match
 from matlab.nano.tokenizer import build_tokenizer
 from matlab.nano.world import World, document, make_world
 from matlab.plan import SlicePlan
@@ -45,6 +45,7 @@ class TrainSettings:
     # initial values, so their facts must be stored in the layers (an experiment of
     # matlab.bench.nano_capacity; the shipped models train every row).
     frozen_names: bool = False
+    ffn: int = FFN  # the full model's FFN width (nano ships with FFN)
 
 
 @dataclass
@@ -103,12 +104,12 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
     generator = random.Random(settings.seed)
     world = make_world(settings.people, seed=0)
     tokenizer = build_tokenizer(world.vocabulary())
-    config = nano_config(len(tokenizer))
+    config = nano_config(len(tokenizer), settings.ffn)
     model = Gemma3nForCausalLM(config).to(settings.device)
     model.config._attn_implementation = "sdpa"
     model.train()
     facts = text_facts(facts_from_config({**config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
-    e2b_plan = SlicePlan.build(nested_e2b(), facts)
+    e2b_plan = SlicePlan.build(nested_e2b(settings.ffn), facts)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=0.01)
     data = batches(token_stream(world, tokenizer, settings.seed, settings.fact_share), settings.batch_size,
@@ -121,7 +122,7 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
         granularity = generator.choices(GRANULARITIES, settings.sample_weights)[0] if settings.matformer else "full"
         plan = {"full": None, "nano-E2B": e2b_plan}.get(granularity)
         if granularity == "mix":
-            plan = SlicePlan.build(random_mix_n_match(generator), facts)
+            plan = SlicePlan.build(random_mix_n_match(generator, settings.ffn), facts)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, settings)
         loss = submodel_loss(model, plan, next(data).to(settings.device))
