@@ -518,7 +518,8 @@ def bench_nano_capacity_command(
     settings = TrainSettings(steps=steps, seed=seed, people=people, fact_share=fact_share, frozen_names=frozen_names,
                              ffn=ffn, device=device)
     with reported_errors():
-        result = bench_capacity(settings, every, on_point=None if as_json else lambda point: errors.print(
+        # Points go to stderr as they are measured (stdout stays one JSON document with --json).
+        result = bench_capacity(settings, every, on_point=lambda point: errors.print(
             f"step {point['step']}: " + ", ".join(f"{stem} {point[stem]:.3f}" for stem in MEASURED), highlight=False))
     result["command"] = command
     if as_json:
