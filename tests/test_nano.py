@@ -104,7 +104,7 @@ def test_frozen_names_keep_their_rows_and_every_hook_runs():
     torch.manual_seed(settings.seed)
     initial = Gemma3nForCausalLM(nano_config(len(build_tokenizer(make_world(16).vocabulary()))))
     seen = []
-    result = train_nano(settings, every=2, on_every=lambda step, model: seen.append((step, model.training)))
+    result = train_nano(settings, every=2, on_every=lambda step, run: seen.append((step, run.model.training)))
     assert seen == [(2, False), (4, False)]
     ids = torch.tensor(result.tokenizer.convert_tokens_to_ids(list(result.world.people)))
     others = torch.tensor(result.tokenizer.convert_tokens_to_ids(["lives", "baker", "plus"]))

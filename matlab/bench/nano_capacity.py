@@ -18,9 +18,8 @@ from matlab.architecture import facts_from_config
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import text_facts
 from matlab.nano.configs import nano_configs
-from matlab.nano.tokenizer import build_tokenizer
-from matlab.nano.train import TrainSettings, train_nano
-from matlab.nano.world import fact_questions, make_world
+from matlab.nano.train import TrainResult, TrainSettings, train_nano
+from matlab.nano.world import ATTRIBUTES, fact_questions
 from matlab.plan import SlicePlan
 
 MEASURED = ("nano-e4b", "nano-e2b", "nano-l4")
@@ -33,9 +32,9 @@ def fact_accuracy(model: Gemma3nForCausalLM, tokenizer, questions: list[dict]) -
         ids = [tokenizer.bos_token_id, *tokenizer(question["question"], add_special_tokens=False).input_ids]
         by_length.setdefault(len(ids), []).append((ids, question))
     right = 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for items in by_length.values():
-            device = next(model.parameters()).device
             logits = model(input_ids=torch.tensor([ids for ids, _ in items], device=device)).logits[:, -1]
             for row, (_, question) in zip(logits, items):
                 choices = torch.tensor(tokenizer.convert_tokens_to_ids(question["choices"]), device=row.device)
@@ -48,24 +47,23 @@ def bench_capacity(settings: TrainSettings, every: int,
     """Train with `settings`; every `every` steps score nano-E4B, nano-E2B and nano-L4 on the
     world's fact questions (held-out frames). Returns the settings, the points and the chance level."""
     points: list[dict] = []
-    state: dict = {}
+    built: dict = {}  # questions and plans, built at the first measurement from the run's own world and config
 
-    def measure(step: int, model: Gemma3nForCausalLM) -> None:
-        if "plans" not in state:
-            facts = text_facts(facts_from_config({**model.config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
-            state["plans"] = {stem: SlicePlan.build(nano_configs(settings.ffn)[stem], facts) for stem in MEASURED}
+    def measure(step: int, run: TrainResult) -> None:
+        if not built:
+            facts = text_facts(facts_from_config({**run.model.config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
+            built["questions"] = fact_questions(run.world)
+            built["plans"] = {stem: SlicePlan.build(nano_configs(settings.ffn)[stem], facts) for stem in MEASURED}
         point = {"step": step}
-        for stem, plan in state["plans"].items():
-            submodel = model if stem == "nano-e4b" else build_submodel(model, plan).eval()
-            point[stem] = round(fact_accuracy(submodel, state["tokenizer"], state["questions"]), 4)
+        for stem, plan in built["plans"].items():
+            submodel = run.model if stem == "nano-e4b" else build_submodel(run.model, plan).eval()
+            point[stem] = round(fact_accuracy(submodel, run.tokenizer, built["questions"]), 4)
         points.append(point)
         if on_point:
             on_point(point)
 
-    world = make_world(settings.people, seed=0)  # as train_nano builds it (seeded)
-    state["tokenizer"] = build_tokenizer(world.vocabulary())
-    state["questions"] = fact_questions(world)
     result = train_nano(settings, every=every, on_every=measure)
-    chance = sum(1 / len(question["choices"]) for question in state["questions"]) / len(state["questions"])
+    # One question per (person, attribute), its choices all of the attribute's values.
+    chance = sum(1 / len(values) for values in ATTRIBUTES.values()) / len(ATTRIBUTES)
     return {"settings": vars(settings), "points": points, "chance": round(chance, 4),
             "seconds": round(result.seconds, 1)}

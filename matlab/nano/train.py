@@ -89,17 +89,10 @@ def submodel_loss(model: Gemma3nForCausalLM, plan: SlicePlan | None, input_ids: 
                            strict=False).loss
 
 
-def _name_rows(model: Gemma3nForCausalLM, tokenizer, world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(table, initial rows) of the people's tokens in the token and per-layer embedding tables."""
-    ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.people)))
-    tables = (model.model.embed_tokens.weight, model.model.embed_tokens_per_layer.weight)
-    return [(table, table.detach()[ids.to(table.device)].clone()) for table in tables]
-
-
 def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], None] | None = None,
-               every: int = 0, on_every: Callable[[int, Gemma3nForCausalLM], None] | None = None) -> TrainResult:
+               every: int = 0, on_every: Callable[[int, TrainResult], None] | None = None) -> TrainResult:
     """Train the nano model (MatFormer, or full-size only for the control). With `every`,
-    `on_every(steps_done, model)` runs after every `every` steps (the model in eval mode)."""
+    `on_every(steps_done, result)` runs after every `every` steps (`result.model` in eval mode)."""
     torch.manual_seed(settings.seed)
     generator = random.Random(settings.seed)
     world = make_world(settings.people, seed=0)
@@ -114,8 +107,11 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
                                   weight_decay=0.01)
     data = batches(token_stream(world, tokenizer, settings.seed, settings.fact_share), settings.batch_size,
                    settings.sequence_length, tokenizer.bos_token_id)
-    frozen = _name_rows(model, tokenizer, world) if settings.frozen_names else []
     name_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.people)), device=settings.device)
+    # (table, initial rows) of the people's tokens in the token and per-layer embedding tables.
+    frozen = [(table, table.detach()[name_ids].clone())
+              for table in (model.model.embed_tokens.weight, model.model.embed_tokens_per_layer.weight)
+              ] if settings.frozen_names else []
     result = TrainResult(model, tokenizer, world)
     started = time.perf_counter()
     for step in range(settings.steps):
@@ -140,7 +136,7 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
             on_step(step, granularity, value)
         if on_every and every and (step + 1) % every == 0:
             model.eval()
-            on_every(step + 1, model)
+            on_every(step + 1, result)
             model.train()
     result.seconds = time.perf_counter() - started
     model.eval()
