@@ -1,8 +1,8 @@
 """Exact parameter accounting of a base model or of a slice of it.
 
 "Effective parameters" follow Google's definition: language-model parameters excluding the
-token embedding (`embed_tokens`) and the per-layer embedding table (`embed_tokens_per_layer`),
-counting every tensor the checkpoint stores (k/v of KV-consumer layers included).
+embedding tables the family names (Gemma 3n: the token embedding and the per-layer embedding
+table), counting every tensor the checkpoint stores (k/v of KV-consumer layers included).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from matlab.architecture import ArchFacts
+from matlab.dtypes import SAFETENSORS_SIZES
 from matlab.inventory import Inventory
-from matlab.io.reader import DTYPE_SIZES
 from matlab.plan import SlicePlan
 
 GROUPS = ("embeddings", "ple", "text_other", "audio", "vision", "multimodal_embedders", "other")
@@ -38,23 +38,6 @@ class ParamReport:
         return asdict(self)
 
 
-def _group(name: str, text_prefix: str) -> str:
-    if name.startswith(text_prefix) or name.startswith("lm_head."):
-        relative = name[len(text_prefix):]
-        if relative.startswith("embed_tokens_per_layer."):
-            return "ple"
-        if relative.startswith("embed_tokens."):
-            return "embeddings"
-        return "text_other"
-    if name.startswith("model.audio_tower."):
-        return "audio"
-    if name.startswith("model.vision_tower."):
-        return "vision"
-    if name.startswith(("model.embed_vision.", "model.embed_audio.")):
-        return "multimodal_embedders"
-    return "other"
-
-
 def count_parameters(inventory: Inventory, facts: ArchFacts, plan: SlicePlan | None = None,
                      text_only: bool = False) -> ParamReport:
     """Counts for the base model (plan None) or for the checkpoint the plan would write."""
@@ -66,9 +49,9 @@ def count_parameters(inventory: Inventory, facts: ArchFacts, plan: SlicePlan | N
         spec = plan.tensor_spec(name, stored.shape, text_only=text_only)
         if spec is None:
             continue
-        group = _group(name, facts.text_prefix)
+        group = facts.family.group(name, facts.is_multimodal)
         counts[group] += spec.numel
-        nbytes = spec.numel * DTYPE_SIZES[stored.dtype]
+        nbytes = spec.numel * SAFETENSORS_SIZES[stored.dtype]
         total_bytes += nbytes
         if group in ("embeddings", "ple", "text_other"):
             text_bytes += nbytes

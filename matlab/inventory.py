@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from matlab.architecture import ArchFacts
-from matlab.errors import CheckpointError
+from matlab.architecture import ArchFacts, bundled_arch_directory, bundled_arch_names, read_config_json
+from matlab.dtypes import TORCH_TO_SAFETENSORS, torch_name
 from matlab.io.reader import CheckpointFiles
 
-INTEGER_DTYPES = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-TORCH_TO_SAFETENSORS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
-# Tensors a KV-consumer layer stores in the released checkpoints although transformers 5
-# does not allocate them (see GEMMA3N.md).
-CONSUMER_KV_TENSORS = ("self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_norm.weight")
+INVENTORY_NAME = "inventory.json"  # beside a bundled architecture's config.json
 
 
 @dataclass(frozen=True)
@@ -31,39 +28,53 @@ def inventory_from_checkpoint(directory: str | Path) -> Inventory:
     return {name: StoredTensor(info.shape, info.dtype) for name, info in files.tensors.items()}
 
 
-def consumer_kv_shapes(facts: ArchFacts) -> dict[str, tuple[int, ...]]:
-    """The k/v tensors the release stores in KV-consumer layers, with their shapes."""
-    text = facts.text_config
-    kv_width = int(text["num_key_value_heads"]) * int(text["head_dim"])
-    shapes = {"self_attn.k_proj.weight": (kv_width, facts.hidden_size),
-              "self_attn.v_proj.weight": (kv_width, facts.hidden_size),
-              "self_attn.k_norm.weight": (int(text["head_dim"]),)}
-    return {f"{facts.text_prefix}layers.{layer}.{suffix}": shape
-            for layer in facts.kv_consumers for suffix, shape in shapes.items()}
-
-
-def inventory_from_facts(facts: ArchFacts) -> Inventory:
-    """The tensors a released checkpoint of this architecture stores, from transformers' own
-    model classes built on the meta device (no memory, no weights), plus consumer k/v."""
+def _meta_model(facts: ArchFacts, text_only: bool):
+    """transformers' model of the architecture on the meta device (no memory, no weights), and
+    the prefix its text tensors carry. A text-only build needs no vision dependencies."""
     import torch
-    from transformers import Gemma3nConfig, Gemma3nForCausalLM, Gemma3nForConditionalGeneration, Gemma3nTextConfig
 
+    with torch.device("meta"):
+        if facts.is_multimodal and not text_only:
+            return facts.family.multimodal_model(facts.config), facts.text_prefix
+        return facts.family.text_model(facts.text_config), facts.family.text_prefix
+
+
+def built_inventory(facts: ArchFacts, text_only: bool = False) -> Inventory:
+    """The tensors a released checkpoint of this architecture stores, from transformers' own
+    model classes, plus those the release stores that transformers does not allocate. With
+    `text_only`, only the text model (named as in `facts`' layout)."""
+    model, built_prefix = _meta_model(facts, text_only)
     dtype = TORCH_TO_SAFETENSORS.get(facts.dtype, "F32")
-    try:
-        with torch.device("meta"):
-            if facts.is_multimodal:
-                model = Gemma3nForConditionalGeneration(Gemma3nConfig.from_dict(facts.config))
-            else:
-                model = Gemma3nForCausalLM(Gemma3nTextConfig.from_dict(facts.config))
-    except ImportError as error:
-        raise CheckpointError(f"{facts.name}: building the multimodal architecture needs timm "
-                              f"(pip install 'matformer-lab[vision]'): {error}") from None
-    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if facts.text_config.get("tie_word_embeddings", True) else set()
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if facts.text_config.get("tie_word_embeddings", True) \
+        else set()
     inventory = {}
     for name, tensor in model.state_dict().items():  # parameters and persistent buffers, as saved
-        if name not in tied:
-            stored_dtype = dtype if tensor.is_floating_point() else INTEGER_DTYPES[str(tensor.dtype).removeprefix("torch.")]
-            inventory[name] = StoredTensor(tuple(tensor.shape), stored_dtype)
-    for name, shape in consumer_kv_shapes(facts).items():
+        if name in tied:
+            continue
+        if name.startswith(built_prefix) and built_prefix != facts.text_prefix:
+            name = facts.text_prefix + name[len(built_prefix):]
+        stored_dtype = dtype if tensor.is_floating_point() else TORCH_TO_SAFETENSORS[torch_name(tensor.dtype)]
+        inventory[name] = StoredTensor(tuple(tensor.shape), stored_dtype)
+    for name, shape in facts.family.stored_unallocated(facts.text_config, facts.text_prefix, facts.kv_consumers).items():
         inventory.setdefault(name, StoredTensor(shape, dtype))
     return inventory
+
+
+def write_bundled_inventory(facts: ArchFacts, directory: Path) -> Path:
+    """Record `built_inventory(facts)` beside a bundled architecture's config.json."""
+    tensors = {name: [stored.dtype, list(stored.shape)] for name, stored in sorted(built_inventory(facts).items())}
+    path = directory / INVENTORY_NAME
+    path.write_text(json.dumps({"tensors": tensors}, separators=(",", ":")) + "\n", encoding="utf-8")
+    return path
+
+
+def inventory_from_facts(facts: ArchFacts, text_only: bool = False) -> Inventory:
+    """The stored tensors of an architecture. A bundled architecture (`--arch`) carries its
+    inventory as data, so counting it needs neither transformers nor the vision tower's timm."""
+    if facts.name in bundled_arch_names():
+        directory = bundled_arch_directory(facts.name)
+        path = directory / INVENTORY_NAME
+        if path.is_file() and read_config_json(directory) == facts.config:
+            tensors = json.loads(path.read_text(encoding="utf-8"))["tensors"]
+            return {name: StoredTensor(tuple(shape), dtype) for name, (dtype, shape) in tensors.items()}
+    return built_inventory(facts, text_only)

@@ -38,8 +38,8 @@ def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: b
     lines = [f"# {config.name}: a MatFormer slice of {source.name}", ""]
     if config.description:
         lines += [config.description, ""]
-    kind = "text-only (`Gemma3nForCausalLM`)" if text_only or not plan.facts.is_multimodal else \
-        "multimodal (`Gemma3nForConditionalGeneration`), audio and vision towers unchanged"
+    kind = f"text-only (`{plan.facts.family.text_model_class_name}`)" if text_only or not plan.facts.is_multimodal else \
+        f"multimodal (`{plan.facts.family.multimodal_model_class_name}`), audio and vision towers unchanged"
     lines += [f"Made by MatFormer Lab {__version__} from `{source}`; {kind}.", "",
               f"- layers kept: {len(plan.kept_layers)} of {plan.facts.num_layers}",
               f"- layers skipped: {list(config.layers_skipped) or 'none'}",
@@ -64,7 +64,7 @@ def write_card_and_provenance(directory: Path, plan: SlicePlan, params: ParamRep
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source_checkpoint": checkpoint_identity(source),
         "slice_config": plan.config.model_dump(mode="json"), "slice_config_file": config_source,
-        "slice_config_hash": plan.config.content_hash(),
+        "submodel_id": plan.submodel_id,
         "kept_layers": list(plan.kept_layers), "ffn_widths": list(plan.ffn_widths), "text_only": text_only,
         "params": params.as_dict(), "command": command,
     }

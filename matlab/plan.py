@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from matlab.architecture import ArchFacts, TEXT_ONLY_PREFIX
+from matlab.architecture import ArchFacts, facts_from_config
 from matlab.errors import CheckpointError
+from matlab.runs import merge_ranges
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem, require_valid
 
-# Per-layer config fields rewritten explicitly; any other list field as long as the layer
-# count is treated as per-layer too and subset to the kept layers.
-_REWRITTEN_FIELDS = ("num_hidden_layers", "intermediate_size", "layer_types", "num_kv_shared_layers",
-                     "activation_sparsity_pattern")
-_LAYER_TENSOR = re.compile(r"layers\.(\d+)\.(.+)")
-
 Ranges = tuple[tuple[int, int], ...]
+_AXIS_FIELD = {0: "rows", 1: "cols"}
 
 
-def merge_ranges(ranges) -> Ranges:
-    """Join touching [start, stop) ranges: fewer, longer copies and views where possible."""
-    merged: list[list[int]] = []
-    for start, stop in ranges:
-        if merged and merged[-1][1] == start:
-            merged[-1][1] = stop
-        else:
-            merged.append([start, stop])
-    return tuple((start, stop) for start, stop in merged)
+def submodel_id(kept_layers: tuple[int, ...], ffn_widths: tuple[int, ...]) -> str:
+    """A short stable identity of a submodel: its kept layers and their widths, however the
+    config spelled them (`ffn_widths: 128` and a list of 15 x 128 are the same submodel)."""
+    payload = json.dumps({"kept_layers": list(kept_layers), "ffn_widths": list(ffn_widths)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -71,16 +65,20 @@ class SlicePlan:
     warnings: tuple[Problem, ...] = ()
 
     @classmethod
-    def build(cls, config: SliceConfig, facts: ArchFacts, source: str = "config") -> "SlicePlan":
+    def build(cls, config: SliceConfig, facts: ArchFacts, source: str = "config") -> SlicePlan:
         warnings = require_valid(config, facts, source)
         skipped = set(config.layers_skipped)
         kept = tuple(layer for layer in range(facts.num_layers) if layer not in skipped)
         return cls(facts, config, kept, tuple(config.widths_for(len(kept))), tuple(warnings))
 
     @classmethod
-    def identity(cls, facts: ArchFacts) -> "SlicePlan":
+    def identity(cls, facts: ArchFacts) -> SlicePlan:
         config = SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths))
         return cls(facts, config, tuple(range(facts.num_layers)), tuple(facts.ffn_widths))
+
+    @property
+    def submodel_id(self) -> str:
+        return submodel_id(self.kept_layers, self.ffn_widths)
 
     @cached_property
     def new_index(self) -> dict[int, int]:
@@ -94,82 +92,62 @@ class SlicePlan:
     def sliced_text_config(self) -> dict[str, Any]:
         """The text config of the submodel: every per-layer field rewritten consistently."""
         facts = self.facts
-        text_config = copy.deepcopy(facts.config["text_config"] if facts.is_multimodal else facts.config)
-        for key, value in facts.text_config.items():
-            if key not in _REWRITTEN_FIELDS and isinstance(value, list) and len(value) == facts.num_layers:
-                text_config[key] = [value[layer] for layer in self.kept_layers]
-        text_config.update(
-            num_hidden_layers=len(self.kept_layers),
-            intermediate_size=list(self.ffn_widths),
-            layer_types=[facts.layer_types[layer] for layer in self.kept_layers],
-            num_kv_shared_layers=self.num_kv_shared_layers,
-            activation_sparsity_pattern=[facts.activation_sparsity[layer] for layer in self.kept_layers],
-        )
-        return text_config
+        raw, _ = facts.family.split_config(facts.config, facts.name)
+        return facts.family.sliced_text_config(raw, facts.text_config, self.kept_layers, self.ffn_widths,
+                                               self.num_kv_shared_layers)
 
     def facts_for_submodel(self) -> ArchFacts:
         """Architecture facts of the text model this plan produces."""
-        from matlab.architecture import facts_from_config
-
-        return facts_from_config({**self.sliced_text_config(), "model_type": "gemma3n_text"},
-                                 f"{self.facts.name}[{self.config.name}]")
+        config = {**self.sliced_text_config(), "model_type": self.facts.family.text_model_type}
+        return facts_from_config(config, f"{self.facts.name}[{self.config.name}]")
 
     def sliced_config(self, text_only: bool) -> dict[str, Any]:
         """The whole config.json of the output checkpoint."""
         text_config = self.sliced_text_config()
         if not self.facts.is_multimodal:
             return text_config
-        if text_only:
-            dtype = self.facts.config.get("dtype") or self.facts.config.get("torch_dtype")
-            text_config.update(model_type="gemma3n_text", architectures=["Gemma3nForCausalLM"])
-            if dtype and not text_config.get("dtype"):
-                text_config["dtype"] = dtype
-            return text_config
         config = copy.deepcopy(self.facts.config)
-        config["text_config"] = text_config
-        return config
+        config[self.facts.family.text_config_key] = text_config
+        return self.facts.family.text_only_config(config) if text_only else config
 
     def tensor_spec(self, name: str, shape: tuple[int, ...], text_only: bool = False) -> TensorSpec | None:
         """How to produce the output tensor for source tensor `name`, or None to drop it."""
-        prefix = self.facts.text_prefix
-        out_prefix = TEXT_ONLY_PREFIX if text_only else prefix
-        if not name.startswith(prefix):
-            is_text_head = name.startswith("lm_head.")
-            return TensorSpec(name, name, shape) if (is_text_head or not text_only) else None
-        relative = name[len(prefix):]
-        match = _LAYER_TENSOR.fullmatch(relative)
+        family, multimodal = self.facts.family, self.facts.is_multimodal
+        relative = family.text_relative(name, multimodal)
+        if relative is None:
+            if not text_only:
+                return TensorSpec(name, name, shape)
+            head = family.text_only_name(name, multimodal)
+            return None if head is None else TensorSpec(name, head, shape)
+        out_prefix = family.text_prefix if text_only else self.facts.text_prefix
+        match = family.layer_tensor.fullmatch(relative)
         if match:
-            return self._layer_tensor_spec(name, shape, int(match.group(1)), match.group(2), out_prefix)
+            return self._layer_tensor_spec(name, shape, match, out_prefix)
         target = out_prefix + relative
-        block = self.facts.per_layer_dim
+        axis = family.layer_blocks.get(relative)
+        if axis is None:
+            return TensorSpec(name, target, shape)
+        block = self.facts.block_size
+        self._require(name, shape, axis, self.facts.num_layers * block)
         blocks = merge_ranges((layer * block, (layer + 1) * block) for layer in self.kept_layers)
-        expected_ple = self.facts.num_layers * block
-        if relative == "embed_tokens_per_layer.weight":
-            self._require(name, shape, axis=1, expected=expected_ple)
-            return TensorSpec(name, target, shape, cols=blocks)
-        if relative == "per_layer_model_projection.weight":
-            self._require(name, shape, axis=0, expected=expected_ple)
-            return TensorSpec(name, target, shape, rows=blocks)
-        return TensorSpec(name, target, shape)
+        return TensorSpec(name, target, shape, **{_AXIS_FIELD[axis]: blocks})
 
-    def _layer_tensor_spec(self, name: str, shape: tuple[int, ...], layer: int, rest: str,
+    def _layer_tensor_spec(self, name: str, shape: tuple[int, ...], match: re.Match,
                            out_prefix: str) -> TensorSpec | None:
+        layer, rest = int(match.group(1)), match.group(2)
         if layer >= self.facts.num_layers:
             raise CheckpointError(f"tensor {name} belongs to layer {layer}, but config.json has "
                                   f"{self.facts.num_layers} layers; the checkpoint and its config disagree")
         if layer not in self.new_index:
             return None
         position = self.new_index[layer]
-        target = f"{out_prefix}layers.{position}.{rest}"
-        width = self.ffn_widths[position]
-        base = self.facts.ffn_widths[layer]
-        if rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
-            self._require(name, shape, axis=0, expected=base)
-            return TensorSpec(name, target, shape, rows=((0, width),))
-        if rest == "mlp.down_proj.weight":
-            self._require(name, shape, axis=1, expected=base)
-            return TensorSpec(name, target, shape, cols=((0, width),))
-        return TensorSpec(name, target, shape)
+        relative = match.string
+        target = out_prefix + relative[:match.start(1)] + str(position) + relative[match.end(1):]
+        axis = self.facts.family.ffn_cuts.get(rest)
+        if axis is None:
+            return TensorSpec(name, target, shape)
+        self._require(name, shape, axis, self.facts.ffn_widths[layer])
+        return TensorSpec(name, target, shape, **{_AXIS_FIELD[axis]: ((0, self.ffn_widths[position]),)})
 
     @staticmethod
     def _require(name: str, shape: tuple[int, ...], axis: int, expected: int) -> None:

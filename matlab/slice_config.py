@@ -14,8 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from matlab.errors import SliceConfigError
+from matlab.runs import width_runs
 
 
 class WidthRun(BaseModel):
@@ -103,11 +102,6 @@ class SliceConfig(BaseModel):
             return (self.ffn_widths,) * kept_layer_count
         return self.ffn_widths
 
-    def content_hash(self) -> str:
-        """A short stable hash of what the config selects (name and notes excluded)."""
-        payload = {"layers_skipped": list(self.layers_skipped), "ffn_widths": self.ffn_widths}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
 
 def format_validation_error(error: ValidationError) -> list[str]:
     """One line per pydantic problem: `field[.index]: message`."""
@@ -142,17 +136,6 @@ def load_slice_config(path: str | Path) -> SliceConfig:
     except yaml.YAMLError as error:
         raise SliceConfigError(f"{path}: not valid YAML ({error})") from None
     return parse_slice_config(data, str(path))
-
-
-def width_runs(widths) -> list[tuple[int, int]]:
-    """Consecutive equal widths as (width, count) pairs."""
-    runs: list[list[int]] = []
-    for width in widths:
-        if runs and runs[-1][0] == width:
-            runs[-1][1] += 1
-        else:
-            runs.append([width, 1])
-    return [(width, count) for width, count in runs]
 
 
 def _compact_widths(widths: tuple[int, ...]) -> list[Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from matlab.io.staging import staged_output
 from matlab.io.writer import OutputTensor, ShardedWriter
 from matlab.model_card import write_card_and_provenance
 from matlab.plan import SlicePlan, TensorSpec
+from matlab.progress import NO_PROGRESS, Progress
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem
 
@@ -35,9 +35,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 
-ProgressCallback = Callable[[int], None]
-
-
 @dataclass(frozen=True)
 class SliceResult:
     out: Path
@@ -47,11 +44,27 @@ class SliceResult:
     bytes_read: int
     bytes_written: int
     shards: int
+    bytes_verified: int
     warnings: tuple[Problem, ...]
 
 
+def source_rows(info: TensorInfo, spec: TensorSpec, reader: RangeReader, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the output tensor, cut from the source: [rows, output row bytes] uint8."""
+    pieces, position = [], 0
+    for first, last in spec.rows or ((0, info.shape[0]),):
+        begin, end = max(start, position), min(stop, position + last - first)
+        if begin < end:
+            pieces.append(reader.read_rows(info, first + begin - position, first + end - position))
+        position += last - first
+    rows = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    if spec.cols is not None:
+        column_bytes = info.row_bytes // info.shape[1]
+        rows = np.concatenate([rows[:, a * column_bytes:b * column_bytes] for a, b in spec.cols], axis=1)
+    return rows
+
+
 def _copy_tensor(info: TensorInfo, spec: TensorSpec, reader: RangeReader, writer: ShardedWriter,
-                 chunk_bytes: int, progress: ProgressCallback | None) -> None:
+                 chunk_bytes: int, progress: Progress) -> None:
     """Copy the kept rows (and columns) of one tensor in chunks of at most ~chunk_bytes."""
     writer.begin(spec.target)
     if not info.shape or info.nbytes == 0:  # a scalar or an empty tensor: one read
@@ -64,19 +77,14 @@ def _copy_tensor(info: TensorInfo, spec: TensorSpec, reader: RangeReader, writer
                 length = min(stop * row_bytes, chunk_start + chunk_bytes) - chunk_start
                 writer.copy_range(reader.fd(info.file), info.offset + chunk_start, length)
                 reader.bytes_read += length
-                if progress:
-                    progress(length)
+                progress.advance(length)
         return
-    column_bytes = row_bytes // info.shape[1]
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
-    for start, stop in spec.rows or ((0, info.shape[0]),):
-        for chunk_start in range(start, stop, rows_per_chunk):
-            rows = reader.read_rows(info, chunk_start, min(stop, chunk_start + rows_per_chunk))
-            rows = np.concatenate([rows[:, a * column_bytes:b * column_bytes] for a, b in spec.cols], axis=1)
-            data = np.ascontiguousarray(rows).reshape(-1).data  # 1-D uint8: len() counts bytes
-            writer.write(data)
-            if progress:
-                progress(len(data))
+    for start in range(0, spec.shape[0], rows_per_chunk):
+        rows = source_rows(info, spec, reader, start, min(spec.shape[0], start + rows_per_chunk))
+        data = np.ascontiguousarray(rows).reshape(-1).data  # 1-D uint8: len() counts bytes
+        writer.write(data)
+        progress.advance(len(data))
 
 
 def plan_tensors(files: CheckpointFiles, plan: SlicePlan, text_only: bool) -> list[tuple[TensorInfo, TensorSpec]]:
@@ -89,27 +97,50 @@ def plan_tensors(files: CheckpointFiles, plan: SlicePlan, text_only: bool) -> li
     return work
 
 
-def _verify(directory: Path, expected: list[OutputTensor]) -> None:
+def _sample_rows(rows: int, verify_all: bool, chunk: int) -> list[tuple[int, int]]:
+    if verify_all:
+        return [(start, min(rows, start + chunk)) for start in range(0, rows, chunk)]
+    return [(row, row + 1) for row in sorted({0, rows // 2, rows - 1})]
+
+
+def verify_output(directory: Path, work: list[tuple[TensorInfo, TensorSpec]], verify_all: bool = False,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Read the written checkpoint back: every planned tensor is present with its shape and
+    dtype and no other is, and its bytes equal the source bytes the plan selects: the first,
+    middle and last row of every tensor (1-D and scalar tensors whole), or every byte with
+    `verify_all`. Returns the bytes compared; raises CheckpointError on any difference."""
     written = CheckpointFiles(directory).tensors
-    for tensor in expected:
-        got = written.get(tensor.name)
-        if got is None or got.shape != tensor.shape or got.nbytes != tensor.nbytes:
-            raise CheckpointError(f"read-back check failed for {tensor.name}: expected {list(tensor.shape)}")
-    if len(written) != len(expected):
-        raise CheckpointError(f"read-back check failed: {len(written)} tensors written, {len(expected)} planned")
+    if len(written) != len(work):
+        raise CheckpointError(f"read-back check failed: {len(written)} tensors written, {len(work)} planned")
+    compared = 0
+    with RangeReader() as source, RangeReader() as output:
+        for info, spec in work:
+            got = written.get(spec.target)
+            if got is None or got.shape != spec.shape or got.dtype != info.dtype:
+                raise CheckpointError(f"read-back check failed for {spec.target}: expected {info.dtype} "
+                                      f"{list(spec.shape)}, found {'nothing' if got is None else list(got.shape)}")
+            if len(spec.shape) < 2 or got.nbytes == 0:  # scalars, vectors and empty tensors: whole
+                same = bytes(source.read(info.file, info.offset, info.nbytes)) == \
+                    bytes(output.read(got.file, got.offset, got.nbytes))
+                compared += got.nbytes
+                if not same:
+                    raise CheckpointError(f"read-back check failed: {spec.target} differs from {info.name}")
+                continue
+            for start, stop in _sample_rows(spec.shape[0], verify_all, max(1, chunk_bytes // got.row_bytes)):
+                expected = source_rows(info, spec, source, start, stop)
+                if not np.array_equal(expected, output.read_rows(got, start, stop)):
+                    raise CheckpointError(f"read-back check failed: rows {start}..{stop - 1} of {spec.target} "
+                                          f"differ from the source {info.name}")
+                compared += expected.size
+    return compared
 
 
 def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *, config_source: str = "config",
                      text_only: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES, command: str | None = None,
-                     on_start: Callable[[int], None] | None = None,
-                     progress: ProgressCallback | None = None) -> SliceResult:
-    """Write the submodel `config` of the checkpoint at `source` to `out`.
-
-    Args:
-        on_start: called once with the number of bytes to be written (for a progress bar).
-        progress: called with the bytes written after each chunk.
-    """
+                     verify_all: bool = False, progress: Progress = NO_PROGRESS) -> SliceResult:
+    """Write the submodel `config` of the checkpoint at `source` to `out`, read it back
+    (`verify_output`) and only then make it visible. `progress` counts bytes written."""
     source, out = Path(source), Path(out)
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
@@ -121,13 +152,12 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
 
     with staged_output(out, force) as temporary:
         with ShardedWriter(temporary, outputs, max_shard_bytes) as writer, RangeReader() as reader:
-            if on_start:
-                on_start(writer.total_size)
+            progress.start(writer.total_size, description="slicing")
             for info, spec in work:
                 _copy_tensor(info, spec, reader, writer, chunk_bytes, progress)
             bytes_read = reader.bytes_read
             writer.close()
-        _verify(temporary, outputs)
+        verified = verify_output(temporary, work, verify_all, chunk_bytes)
         (temporary / "config.json").write_text(json.dumps(plan.sliced_config(text_only), indent=2) + "\n",
                                                encoding="utf-8")
         for name in TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES):
@@ -136,4 +166,4 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
         write_card_and_provenance(temporary, plan, params, source=source, config_source=config_source,
                                   text_only=text_only, command=command)
     return SliceResult(out, plan, params, len(outputs), bytes_read, writer.bytes_written, len(writer.shards),
-                       plan.warnings)
+                       verified, plan.warnings)

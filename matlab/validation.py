@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from matlab.architecture import ArchFacts, bundled_arch_names, facts_from_arch, kv_sharing_roles
+from matlab.architecture import ArchFacts, bundled_arch_names, facts_from_arch
 from matlab.errors import SliceConfigError
+from matlab.runs import layer_spans
 from matlab.slice_config import SliceConfig, load_slice_config
 
 
@@ -22,18 +23,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.source}: {self.field}: {self.message}"
-
-
-def _layer_ranges(layers: list[int]) -> str:
-    if not layers:
-        return "none"
-    spans: list[list[int]] = []
-    for layer in layers:
-        if spans and layer == spans[-1][1] + 1:
-            spans[-1][1] = layer
-        else:
-            spans.append([layer, layer])
-    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in spans)
 
 
 def _check_skips(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
@@ -51,7 +40,7 @@ def _check_skips(config: SliceConfig, facts: ArchFacts, source: str) -> list[Pro
         consumers_by_type.setdefault(facts.layer_types[layer], []).append(layer)
     for layer_type, producer in facts.kv_producers.items():
         if producer in skipped:
-            readers = _layer_ranges(consumers_by_type.get(layer_type, []))
+            readers = layer_spans(consumers_by_type.get(layer_type, []))
             problems.append(Problem(
                 source, f"layers_skipped (layer {producer})",
                 f"layer {producer} is the KV producer of the {layer_type} layers {readers} and cannot be "
@@ -59,14 +48,14 @@ def _check_skips(config: SliceConfig, facts: ArchFacts, source: str) -> list[Pro
     kept = [layer for layer in range(facts.num_layers) if layer not in skipped]
     kept_types = [facts.layer_types[layer] for layer in kept]
     kept_consumers = [layer for layer in kept if layer in set(facts.kv_consumers)]
-    producers, _ = kv_sharing_roles(kept_types, len(kept_consumers))
+    producers, _ = facts.family.kv_roles(kept_types, len(kept_consumers))
     orphaned = sorted({facts.layer_types[layer] for layer in kept_consumers} - set(producers))
     for layer_type in orphaned:
         readers = [layer for layer in kept_consumers if facts.layer_types[layer] == layer_type]
         problems.append(Problem(
             source, "layers_skipped",
             f"no {layer_type} layer is left before the KV-shared region to produce KV for layers "
-            f"{_layer_ranges(readers)}; keep a {layer_type} layer before layer {facts.kv_consumers[0]}"))
+            f"{layer_spans(readers)}; keep a {layer_type} layer before layer {facts.kv_consumers[0]}"))
     return problems
 
 
@@ -96,7 +85,7 @@ def _check_base(config: SliceConfig, facts: ArchFacts, source: str) -> list[Prob
     if config.base is None or config.base == facts.name or config.base not in bundled_arch_names():
         return []
     target = facts_from_arch(config.base)
-    if (target.num_layers, target.ffn_widths, target.hidden_size) == (facts.num_layers, facts.ffn_widths, facts.hidden_size):
+    if (target.num_layers, target.ffn_widths, target.layer_types) == (facts.num_layers, facts.ffn_widths, facts.layer_types):
         return []
     return [Problem(source, "base",
                     f"the config targets {config.base} ({target.num_layers} layers, FFN {max(target.ffn_widths)}) but "

@@ -12,9 +12,10 @@ from matlab.core.loading import load_model
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
 from matlab.slicer import slice_checkpoint
-from test_slicer import CONFIGS
 
-CONFIGS = {**CONFIGS, "identity": ([], 256), "skip-middle-blocks": ([1, 2, 6, 12], [128, 256] * 5 + [64])}
+from helpers import SLICE_CASES
+
+CONFIGS = {**SLICE_CASES, "identity": ([], 256), "skip-middle-blocks": ([1, 2, 6, 12], [128, 256] * 5 + [64])}
 
 
 @pytest.fixture(scope="module")

@@ -75,12 +75,12 @@ def test_sweep_resumes_and_materialized_agrees(tiny_text, suite_file, config_dir
     assert len(frame) == 3 * 4  # facts acc + three perplexity metrics per config
     assert set(frame.columns) >= {"config", "task", "metric", "value", "stderr", "effective_params", "ple_params",
                                   "weight_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
-                                  "peak_memory_bytes", "tool_version", "config_hash", "checkpoint", "seed"}
+                                  "peak_memory_bytes", "tool_version", "submodel_id", "checkpoint", "seed"}
     assert run_sweep(tiny_text, paths, tmp_path / "run", settings) == []  # resumed: nothing left
     materialized = SweepSettings(settings.suite, limit=3, materialize=True, latency_runs=1)
     run_sweep(tiny_text, paths, tmp_path / "mat", materialized)
     other = read_results(tmp_path / "mat")
-    key = ["config_hash", "task", "metric"]
+    key = ["submodel_id", "task", "metric"]
     merged = frame.merge(other, on=key, suffixes=("_elastic", "_materialized"))
     assert len(merged) == len(frame)
     assert (merged["value_elastic"] - merged["value_materialized"]).abs().max() < 1e-6 * merged["value_elastic"].abs().max()
@@ -106,7 +106,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tiny_text, suite_file, 
     assert result.exit_code == 0, result.output
     assert {p.name: p.stat().st_mtime_ns for p in configs.glob("*.json") if p.name in first} == first
     frame = read_results(tmp_path / "run")
-    assert len(frame) == 3 * 4 and not frame.duplicated(["config_hash", "task", "metric"]).any()
+    assert len(frame) == 3 * 4 and not frame.duplicated(["submodel_id", "task", "metric"]).any()
 
 
 def test_report_is_self_contained_and_escaped(tiny_text, suite_file, config_dir, tmp_path):

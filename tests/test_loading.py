@@ -7,7 +7,9 @@ import torch
 
 import matlab.core.loading as loading
 from matlab.core.loading import load_model
+from matlab.core.submodel import select_submodel
 from matlab.errors import CheckpointError
+from matlab.slice_config import SliceConfig
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -56,8 +58,13 @@ def test_ple_on_cpu_keeps_the_table_on_cpu(tiny_text):
     # The meta device stands in for an accelerator: placement is what is checked here.
     loaded = load_model(tiny_text, device="meta", ple_on_cpu=True)
     ple = loaded.model.model.embed_tokens_per_layer
-    assert isinstance(ple, loading.CpuResidentEmbedding) and ple.embedding.weight.device.type == "cpu"
+    assert ple.weight.device.type == "cpu" and ple._forward_pre_hooks and ple._forward_hooks
     assert loaded.model.model.layers[0].mlp.gate_proj.weight.device.type == "meta"
+    # An elastic submodel reads the same CPU-resident table and runs the rest on the device.
+    submodel = select_submodel(loaded, SliceConfig(name="e2b", layers_skipped=[10, 11, 12], ffn_widths=128))
+    assert submodel.model.model.embed_tokens_per_layer.full is ple
+    assert submodel.model.model.layers[0].mlp.gate_proj.weight.device.type == "meta"
+    assert submodel.model.model.rotary_emb.full_attention_inv_freq.device.type == "meta"
     assert load_model(tiny_text, device="meta").model.model.embed_tokens_per_layer.weight.device.type == "meta"
 
 

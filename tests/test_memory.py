@@ -8,7 +8,8 @@ import sys
 
 from matlab.architecture import facts_from_config
 from matlab.synth import synthesize_checkpoint
-from conftest import tiny_text_config
+
+from helpers import tiny_text_config
 
 MEASURE = """
 import json, resource, sys

@@ -11,16 +11,18 @@ import torch
 from transformers import Gemma3nForCausalLM
 
 from matlab.architecture import facts_from_config
-from matlab.core.loading import load_model, text_facts
+from matlab.core.loading import load_model
 from matlab.nano.configs import nano_configs
 from matlab.nano.evals import write_eval_data
-from matlab.nano.model import nano_config, nested_e2b
+from matlab.nano.model import nano_config, nano_facts, nested_e2b
 from matlab.nano.tokenizer import build_tokenizer
 from matlab.nano.train import TrainSettings, submodel_loss, train_nano
 from matlab.nano.world import ATTRIBUTES, EVAL_FRAMES, TRAIN_FRAMES, document, fact_questions, make_world
 from matlab.plan import SlicePlan
+from matlab.slice_config import dump_slice_config
 from matlab.validation import check_slice_config
-from conftest import _perturb, tiny_text_config
+
+from helpers import perturb, tiny_text_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,13 +56,17 @@ def test_committed_eval_data_is_the_generator_output(tmp_path):
 
 
 def test_nano_configs_are_valid_and_committed():
-    facts = text_facts(facts_from_config({**nano_config(512).to_dict(), "model_type": "gemma3n_text"}, "nano"))
+    facts = nano_facts(nano_config(512))
     configs = nano_configs()
     assert len(configs) >= 16 and configs["nano-e2b"] == nested_e2b()
+    committed = sorted((REPO / "slice_configs" / "nano").glob("*.yaml"))
+    assert [path.stem for path in committed] == sorted(configs)
     for stem, config in configs.items():
         problems = check_slice_config(config, facts, stem)
         assert not [p for p in problems if p.severity == "error"], problems
-        assert (REPO / "slice_configs" / "nano" / f"{stem}.yaml").is_file()
+        # The committed file is exactly the generator's config, written the way the CLI writes configs.
+        expected = dump_slice_config(config.model_copy(update={"base": "nano"}))
+        assert (REPO / "slice_configs" / "nano" / f"{stem}.yaml").read_text() == expected, stem
     assert facts.kv_producers == {"sliding_attention": 8, "full_attention": 9}
     assert nested_e2b().layers_skipped == (10, 11, 12, 13, 14)
 
@@ -68,8 +74,8 @@ def test_nano_configs_are_valid_and_committed():
 def test_submodel_step_updates_only_the_nested_weights():
     torch.manual_seed(0)
     model = Gemma3nForCausalLM(tiny_text_config())
-    _perturb(model, seed=1)  # at init AltUp's output scale is zero, which blocks PLE gradients
-    facts = text_facts(facts_from_config({**model.config.to_dict(), "model_type": "gemma3n_text"}, "tiny"))
+    perturb(model, seed=1)  # at init AltUp's output scale is zero, which blocks PLE gradients
+    facts = facts_from_config({**model.config.to_dict(), "model_type": "gemma3n_text"}, "tiny")
     plan = SlicePlan.build(nested_e2b().model_copy(update={"layers_skipped": (10, 11, 12), "ffn_widths": 96}), facts)
     loss = submodel_loss(model, plan, torch.randint(4, 512, (2, 12)))
     loss.backward()

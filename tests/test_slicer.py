@@ -14,16 +14,11 @@ from matlab.errors import CheckpointError, OutputExistsError, SliceConfigError
 from matlab.model_card import PROVENANCE_NAME
 from matlab.slice_config import SliceConfig
 from matlab.slicer import slice_checkpoint
+
+from helpers import SLICE_CASES
 from oracle import load_full_text_model, oracle_logits
 
-# Tiny model: 15 layers, FFN 256, producers 8 (sliding) and 9 (full), consumers 10..14, sparse 0..4.
-CONFIGS = {
-    "ffn-only": ([], [128] * 15),
-    "skip-in-kv-shared": ([10, 11, 12], [128] * 12),
-    "skip-before-kv-shared": ([2, 5, 6], [256, 128] * 6),
-    "skip-in-sparse-and-shared": ([0, 3, 13], [96] * 12),
-    "odd-widths": ([4], [96, 256, 128, 64, 200, 256, 96, 32, 256, 1, 96, 128, 256, 160]),
-}
+CONFIGS = SLICE_CASES
 
 
 def _sliced_causal_lm(directory: Path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from matlab.architecture import facts_from_arch, facts_from_checkpoint, kv_sharing_roles
+from matlab.architecture import facts_from_arch, facts_from_checkpoint
+from matlab.families import GEMMA3N
 from matlab.slice_config import SliceConfig
 from matlab.validation import check_slice_config
 
@@ -20,7 +21,7 @@ def _messages(config, facts, severity="error"):
 
 def test_e4b_facts_come_from_config(e4b):
     assert e4b.num_layers == 35 and e4b.kv_producers == {"sliding_attention": 18, "full_attention": 19}
-    assert e4b.kv_consumers == list(range(20, 35)) and e4b.sparse_layers == list(range(10))
+    assert e4b.kv_consumers == list(range(20, 35)) and GEMMA3N.sparse_layers(e4b.text_config) == list(range(10))
 
 
 def test_kv_roles_match_transformers_rule(tiny_text):
@@ -29,7 +30,7 @@ def test_kv_roles_match_transformers_rule(tiny_text):
     facts = facts_from_checkpoint(tiny_text)
     for shared in (0, 5, 7, 10):
         config = Gemma3nTextConfig(num_hidden_layers=15, num_kv_shared_layers=shared)
-        producers, consumers = kv_sharing_roles(config.layer_types, shared)
+        producers, consumers = GEMMA3N.kv_roles(config.layer_types, shared)
         modes = config.kv_sharing_modes
         assert consumers == [i for i, m in enumerate(modes) if m == "reuse"]
         assert sorted(producers.values()) == [i for i, m in enumerate(modes) if m == "store"]

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from matlab.architecture import facts_from_checkpoint
-from matlab.io.reader import CheckpointFiles, INDEX_NAME
+from matlab.io.reader import INDEX_NAME, CheckpointFiles
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
 

@@ -14,10 +14,9 @@ from collections.abc import Callable
 import torch
 from transformers import Gemma3nForCausalLM
 
-from matlab.architecture import facts_from_config
 from matlab.core.elastic import build_submodel
-from matlab.core.loading import text_facts
 from matlab.nano.configs import nano_configs
+from matlab.nano.model import nano_facts
 from matlab.nano.train import TrainResult, TrainSettings, train_nano
 from matlab.nano.world import ATTRIBUTES, fact_questions
 from matlab.plan import SlicePlan
@@ -51,7 +50,7 @@ def bench_capacity(settings: TrainSettings, every: int,
 
     def measure(step: int, run: TrainResult) -> None:
         if not built:
-            facts = text_facts(facts_from_config({**run.model.config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
+            facts = nano_facts(run.model.config)
             built["questions"] = fact_questions(run.world)
             built["plans"] = {stem: SlicePlan.build(nano_configs(settings.ffn)[stem], facts) for stem in MEASURED}
         point = {"step": step}

@@ -94,7 +94,7 @@ def _scores(run_dir: Path) -> dict[tuple[str, str, str], float]:
     from matlab.harness.results import read_results
 
     frame = read_results(run_dir)
-    return {(row.config_hash, row.task, row.metric): float(row.value) for row in frame.itertuples()}
+    return {(row.submodel_id, row.task, row.metric): float(row.value) for row in frame.itertuples()}
 
 
 def bench_sweep(checkpoint: str, configs: list[Path], suite: Path, work_dir: Path,

@@ -1,53 +1,37 @@
 """Elastic submodels: any Mix-n-Match submodel of a loaded full model, sharing its weights.
 
-A submodel is transformers' own `Gemma3nForCausalLM`, built on the meta device with the
-sliced config, whose parameters are views into the full model's storage, chosen by the
-same per-tensor plan the slicer uses (FFN rows and columns as views, skipped layers simply
-absent). The two tables whose kept part is not one strided view when middle layers are
-skipped (the PLE table's column blocks and the per-layer projection's row blocks) are read
-through small modules that select the kept layers' blocks at run time. Building or dropping
-a submodel copies no weights and touches no disk.
+A submodel is the family's own transformers model (Gemma 3n: `Gemma3nForCausalLM`), built on
+the meta device with the sliced config, whose parameters are views into the full model's
+storage, chosen by the same per-tensor plan the slicer uses (FFN rows and columns as views,
+skipped layers simply absent). The layer-blocked tables whose kept part is not one strided
+view when middle layers are skipped (Gemma 3n's per-layer embedding table and per-layer
+projection) are read through a small module that runs the full table and keeps the kept
+layers' blocks of its output. Building or dropping a submodel copies no weights and touches
+no disk.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
-from transformers import Gemma3nForCausalLM
+from transformers import PreTrainedModel
 
 from matlab.core.loading import empty_model
 from matlab.plan import SlicePlan, TensorSpec
 
-_LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")
-_PLE = "model.embed_tokens_per_layer.weight"
-_PROJECTION = "model.per_layer_model_projection.weight"
 
+class KeptBlocks(nn.Module):
+    """Runs a full layer-blocked module (an embedding whose columns, or a linear layer whose
+    output rows, hold one block per layer) and keeps the kept layers' blocks of its output."""
 
-class KeptBlocksEmbedding(nn.Module):
-    """Looks tokens up in the full PLE table and keeps the kept layers' column blocks."""
-
-    def __init__(self, full: nn.Module, columns: torch.Tensor):
+    def __init__(self, full: nn.Module, index: torch.Tensor):
         super().__init__()
         self.full = full
-        self.register_buffer("columns", columns, persistent=False)
+        self.register_buffer("index", index, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        embedded = self.full(input_ids)
-        return embedded.index_select(-1, self.columns.to(embedded.device))
-
-
-class KeptBlocksProjection(nn.Module):
-    """Projects with the full per-layer projection and keeps the kept layers' row blocks."""
-
-    def __init__(self, full: nn.Linear, rows: torch.Tensor):
-        super().__init__()
-        self.full = full
-        self.register_buffer("rows", rows, persistent=False)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.full(hidden).index_select(-1, self.rows)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        output = self.full(inputs)
+        return output.index_select(-1, self.index.to(output.device))
 
 
 def _view(parameter: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
@@ -61,10 +45,6 @@ def _view(parameter: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     return view
 
 
-def _index(ranges, device: torch.device) -> torch.Tensor:
-    return torch.cat([torch.arange(start, stop, device=device) for start, stop in ranges])
-
-
 def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
     owner_name, _, attribute = name.rpartition(".")
     owner = root.get_submodule(owner_name)
@@ -74,9 +54,9 @@ def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, parameter: bool
         owner._buffers[attribute] = value
 
 
-def parameter_views(full: Gemma3nForCausalLM, plan: SlicePlan) -> tuple[dict[str, torch.Tensor], dict[str, TensorSpec]]:
+def parameter_views(full: PreTrainedModel, plan: SlicePlan) -> tuple[dict[str, torch.Tensor], dict[str, TensorSpec]]:
     """Submodel parameter name -> view of the full model's tensor, plus the multi-block specs
-    (PLE table, per-layer projection) that no single view can express."""
+    (layer-blocked tables) that no single view can express."""
     views, blocks = {}, {}
     for name, parameter in full.named_parameters():
         spec = plan.tensor_spec(name, tuple(parameter.shape))
@@ -89,34 +69,46 @@ def parameter_views(full: Gemma3nForCausalLM, plan: SlicePlan) -> tuple[dict[str
     return views, blocks
 
 
-def build_submodel(full: Gemma3nForCausalLM, plan: SlicePlan) -> Gemma3nForCausalLM:
+def _kept_blocks(full: PreTrainedModel, spec: TensorSpec) -> KeptBlocks:
+    """The wrapper for a layer-blocked table; a family blocks a table by layer only on its
+    output features (an embedding's columns, a linear layer's rows)."""
+    module = full.get_submodule(spec.source.removesuffix(".weight"))
+    ranges = spec.cols if isinstance(module, nn.Embedding) else spec.rows
+    index = torch.cat([torch.arange(start, stop) for start, stop in ranges])
+    return KeptBlocks(module, index.to(module.weight.device))
+
+
+def build_submodel(full: PreTrainedModel, plan: SlicePlan) -> PreTrainedModel:
     """A runnable submodel of `full` whose weights are views of the full model's storage.
 
-    `plan` must be built on the facts of the full model's text layout
-    (`matlab.core.loading.text_facts`).
+    `plan` must be built on the facts of the full model's text layout (`ArchFacts.text_only`).
     """
-    dtype = full.model.embed_tokens.weight.dtype
-    device = full.model.embed_tokens.weight.device
-    submodel = empty_model(plan.facts_for_submodel(), dtype)
+    embeddings = full.get_input_embeddings().weight
+    submodel = empty_model(plan.facts_for_submodel(), embeddings.dtype)
     views, blocks = parameter_views(full, plan)
-    expected = {name for name, _ in submodel.named_parameters()}
-    for name in expected - set(blocks) - {"lm_head.weight"}:
+    head = plan.facts.family.head_prefix + "weight"
+    for name in {name for name, _ in submodel.named_parameters()} - set(blocks) - {head}:
         _set_tensor(submodel, name, views[name], parameter=True)
-    full_buffers = dict(full.named_buffers())
-    for name, _ in list(submodel.named_buffers()):
-        source = _LAYER.sub(lambda m: f"{m.group(1)}layers.{plan.kept_layers[int(m.group(2))]}.", name)
-        if source in full_buffers:
-            _set_tensor(submodel, name, full_buffers[source], parameter=False)
-    if _PLE in blocks:
-        submodel.model.embed_tokens_per_layer = KeptBlocksEmbedding(full.model.embed_tokens_per_layer,
-                                                                    _index(blocks[_PLE].cols, device))
-    if _PROJECTION in blocks:
-        submodel.model.per_layer_model_projection = KeptBlocksProjection(full.model.per_layer_model_projection,
-                                                                         _index(blocks[_PROJECTION].rows, device))
+    wanted_buffers = {name for name, _ in submodel.named_buffers()}
+    for name, buffer in full.named_buffers():
+        spec = plan.tensor_spec(name, tuple(buffer.shape))
+        if spec is not None and spec.target in wanted_buffers:
+            _set_tensor(submodel, spec.target, buffer, parameter=False)
+    # Parameters are views on the full model's device already; the submodel's own buffers
+    # (RoPE tables) are moved there. `.to()` is not used: the submodel still holds meta
+    # placeholders for the layer-blocked tables, and the full tables must stay where the full
+    # model keeps them (the per-layer embedding table may be kept on the CPU).
+    for module in submodel.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != embeddings.device:
+                module._buffers[name] = buffer.to(embeddings.device)
+    for target, spec in blocks.items():
+        owner_name, _, attribute = target.removesuffix(".weight").rpartition(".")
+        setattr(submodel.get_submodule(owner_name), attribute, _kept_blocks(full, spec))
     if submodel.config.tie_word_embeddings:
-        submodel.lm_head.weight = submodel.model.embed_tokens.weight
+        submodel.get_output_embeddings().weight = submodel.get_input_embeddings().weight
     else:
-        submodel.lm_head.weight = full.lm_head.weight
+        submodel.get_output_embeddings().weight = full.get_output_embeddings().weight
     submodel.config._attn_implementation = full.config._attn_implementation
     submodel.generation_config = full.generation_config
-    return submodel.to(device).eval()
+    return submodel.eval()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
-from transformers import Gemma3nForCausalLM
+from transformers import PreTrainedModel
 
 
 @torch.no_grad()
-def generate_ids(model: Gemma3nForCausalLM, prompt_ids: list[int], max_new_tokens: int = 32,
+def generate_ids(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int = 32,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, use_cache: bool = True,
                  eos_token_id: int | list[int] | None = None) -> list[int]:
     """New token ids after `prompt_ids`; temperature 0 is greedy decoding."""
-    device = model.model.embed_tokens.weight.device
+    device = model.get_input_embeddings().weight.device
     input_ids = torch.tensor([prompt_ids], device=device)
     sampling = temperature > 0
     options = dict(max_new_tokens=max_new_tokens, do_sample=sampling, use_cache=use_cache,

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import DynamicCache, Gemma3nForCausalLM
+from transformers import DynamicCache, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _one_run(model: Gemma3nForCausalLM, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+def _one_run(model: PreTrainedModel, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
     device = prompt.device
     cache = DynamicCache(config=model.config)
     _synchronize(device)
@@ -47,10 +47,10 @@ def _one_run(model: Gemma3nForCausalLM, prompt: torch.Tensor, decode_tokens: int
     return prefill, time.perf_counter() - started
 
 
-def measure_latency(model: Gemma3nForCausalLM, prompt_tokens: int = 128, decode_tokens: int = 32,
+def measure_latency(model: PreTrainedModel, prompt_tokens: int = 128, decode_tokens: int = 32,
                     runs: int = 5, warmup: int = 1, seed: int = 0) -> Latency:
     """Median prefill and decode tokens/s over `runs` runs of a fixed random prompt."""
-    weight = model.model.embed_tokens.weight
+    weight = model.get_input_embeddings().weight
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(3, model.config.vocab_size, (1, prompt_tokens), generator=generator).to(weight.device)
     for _ in range(warmup):

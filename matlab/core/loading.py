@@ -1,4 +1,4 @@
-"""Load the language model of a Gemma 3n checkpoint (either layout) for text inference.
+"""Load the language model of a checkpoint (either layout of its family) for text inference.
 
 Only text tensors are read ("conditional parameter loading"): the model is built on the meta
 device, the text tensors are read shard by shard and assigned, and the non-persistent buffers
@@ -13,34 +13,25 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+from transformers import PreTrainedModel
 
-from matlab.architecture import ArchFacts, TEXT_ONLY_PREFIX, facts_from_checkpoint, facts_from_config
-from matlab.errors import CheckpointError
+from matlab.architecture import ArchFacts, facts_from_checkpoint
+from matlab.dtypes import RUN_DTYPES, torch_dtype
+from matlab.errors import CheckpointError, InputError
 from matlab.io.reader import CheckpointFiles, TensorInfo
 from matlab.resolve import resolve_checkpoint
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class LoadedModel:
     """A text model ready to run, with the facts of its (text-layout) architecture."""
 
-    model: Gemma3nForCausalLM
-    facts: ArchFacts
+    model: PreTrainedModel  # the family's causal LM (Gemma 3n: Gemma3nForCausalLM)
+    facts: ArchFacts  # of the text model, in the text-only layout
     directory: Path
     tokenizer: object | None
     device: torch.device
     dtype: torch.dtype
-
-
-def text_facts(facts: ArchFacts) -> ArchFacts:
-    """The facts of the text model alone, in the `gemma3n_text` layout (`model.*` names)."""
-    if not facts.is_multimodal:
-        return facts
-    config = {**facts.config["text_config"], "model_type": "gemma3n_text", "architectures": ["Gemma3nForCausalLM"]}
-    return facts_from_config(config, facts.name)
 
 
 @contextlib.contextmanager
@@ -53,33 +44,27 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def empty_model(facts: ArchFacts, dtype: torch.dtype) -> Gemma3nForCausalLM:
-    """A model whose parameters are on the meta device and whose buffers are real (CPU)."""
-    config = Gemma3nTextConfig.from_dict({k: v for k, v in facts.text_config.items() if k != "model_type"})
+def empty_model(facts: ArchFacts, dtype: torch.dtype) -> PreTrainedModel:
+    """A text model whose parameters are on the meta device and whose buffers are real (CPU)."""
     with _default_dtype(dtype), torch.device("meta"):
-        model = Gemma3nForCausalLM(config)
+        model = facts.family.text_model(facts.text_config)
     for module in model.modules():
         if not module._buffers:
             continue
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.is_meta:
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
-        # Called on the inner text model: its `_init_weights` reads `self.hidden_size`.
-        model.model._init_weights(module)  # fills buffers; on meta parameters it is a no-op
+        facts.family.init_buffers(model, module)
     model.config._attn_implementation = "sdpa"
     return model
 
 
-class CpuResidentEmbedding(torch.nn.Module):
-    """Per-layer embedding lookup on the CPU, results moved to the model's device per batch."""
-
-    def __init__(self, embedding: torch.nn.Module, device: torch.device):
-        super().__init__()
-        self.embedding = embedding
-        self.device = device
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(input_ids.to("cpu")).to(self.device, non_blocking=True)
+def keep_on_cpu(module: torch.nn.Module, device: torch.device) -> None:
+    """Run `module` on the CPU inside a model on `device`: its inputs go to the CPU and its
+    outputs to `device`, per batch. Hooks rather than a wrapper keep the parameter names the
+    plan and the elastic submodels look for."""
+    module.register_forward_pre_hook(lambda _, args: tuple(arg.to("cpu") for arg in args))
+    module.register_forward_hook(lambda _, args, output: output.to(device, non_blocking=True))
 
 
 def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str],
@@ -89,9 +74,7 @@ def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, TensorInfo]]] = {}
     for name, info in files.tensors.items():
-        if not (name.startswith(facts.text_prefix) or name.startswith("lm_head.")):
-            continue  # audio and vision tensors are never read
-        target = name if name.startswith("lm_head.") else TEXT_ONLY_PREFIX + name[len(facts.text_prefix):]
+        target = facts.family.text_only_name(name, facts.is_multimodal)  # None: audio and vision, never read
         if target in wanted:
             by_file.setdefault(info.file, []).append((target, info))
     for path, entries in by_file.items():  # one shard open at a time
@@ -109,14 +92,16 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
         ple_on_cpu: keep `embed_tokens_per_layer` on the CPU (memory-mapped from the file when
             the dtype matches it) with the lookup done per batch, while the rest runs on `device`.
     """
+    if isinstance(dtype, str) and dtype not in RUN_DTYPES:
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
     directory = resolve_checkpoint(checkpoint)
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    run_dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
     facts = facts_from_checkpoint(directory)
     files = CheckpointFiles(directory)
-    model = empty_model(text_facts(facts), torch_dtype)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    model = empty_model(facts.text_only(), run_dtype)
+    tied = {f"{facts.family.head_prefix}weight"} if model.config.tie_word_embeddings else set()
     wanted = set(model.state_dict()) - tied
-    state = _read_text_tensors(files, facts, wanted, torch_dtype)
+    state = _read_text_tensors(files, facts, wanted, run_dtype)
     missing = sorted(wanted - set(state))
     if missing:
         raise CheckpointError(f"{directory}: missing text tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -124,14 +109,17 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     model.tie_weights()
     target = torch.device(device)
     if ple_on_cpu and target.type != "cpu":
-        ple = model.model.embed_tokens_per_layer
-        model.model.embed_tokens_per_layer = None
+        owner_name, _, attribute = facts.family.ple_module.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        ple = getattr(owner, attribute)
+        setattr(owner, attribute, None)  # so that moving the model leaves the table where it is
         model.to(target)
-        model.model.embed_tokens_per_layer = CpuResidentEmbedding(ple, target)
+        setattr(owner, attribute, ple)
+        keep_on_cpu(ple, target)
     else:
         model.to(target)
     model.eval()
-    return LoadedModel(model, text_facts(facts), directory, load_tokenizer(directory), target, torch_dtype)
+    return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
 
 
 def load_tokenizer(directory: Path):

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import Gemma3nForCausalLM
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,12 @@ class ContinuationScore:
         return float(sum(self.token_logprobs))
 
 
-def _device(model: Gemma3nForCausalLM) -> torch.device:
-    return model.model.embed_tokens.weight.device
+def _device(model: PreTrainedModel) -> torch.device:
+    return model.get_input_embeddings().weight.device
 
 
 @torch.no_grad()
-def score_continuations(model: Gemma3nForCausalLM, requests: list[tuple[list[int], list[int]]],
+def score_continuations(model: PreTrainedModel, requests: list[tuple[list[int], list[int]]],
                         batch_size: int = 8, max_length: int | None = None,
                         pad_id: int = 0) -> list[ContinuationScore]:
     """Score each (context ids, continuation ids) pair; contexts must not be empty.
@@ -78,15 +78,7 @@ def score_continuations(model: Gemma3nForCausalLM, requests: list[tuple[list[int
 
 
 @torch.no_grad()
-def token_logprobs(model: Gemma3nForCausalLM, ids: list[int]) -> list[float]:
-    """Log-probability of each token after the first, given the tokens before it."""
-    if len(ids) < 2:
-        return []
-    return list(score_continuations(model, [([ids[0]], ids[1:])])[0].token_logprobs)
-
-
-@torch.no_grad()
-def perplexity(model: Gemma3nForCausalLM, ids: list[int], window: int = 512, stride: int | None = None) -> float:
+def perplexity(model: PreTrainedModel, ids: list[int], window: int = 512, stride: int | None = None) -> float:
     """Perplexity of a token sequence, scored in overlapping windows of `window` tokens.
 
     Each window predicts only tokens not predicted by an earlier window, with up to

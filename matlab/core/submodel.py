@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import Gemma3nForCausalLM
+from transformers import PreTrainedModel
 
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import LoadedModel
@@ -18,7 +18,7 @@ from matlab.validation import Problem
 class Submodel:
     """A runnable model plus what it is: its plan and the bytes a deployed copy would hold."""
 
-    model: Gemma3nForCausalLM
+    model: PreTrainedModel
     plan: SlicePlan
     tokenizer: object | None
     weight_bytes: int
@@ -27,7 +27,7 @@ class Submodel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.model.embed_tokens.weight.device
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def name(self) -> str:
@@ -38,13 +38,14 @@ def deployed_weight_bytes(loaded: LoadedModel, plan: SlicePlan) -> tuple[int, in
     """(all weights, PLE table) in bytes that the sliced text model would hold at the loaded
     dtype: the tensors transformers allocates for it (unused consumer k/v are not counted)."""
     total = ple = 0
+    family = loaded.facts.family
     for name, parameter in loaded.model.named_parameters():
         spec = plan.tensor_spec(name, tuple(parameter.shape))
         if spec is None:
             continue
         size = spec.numel * parameter.element_size()
         total += size
-        if name.endswith("embed_tokens_per_layer.weight"):
+        if name == family.text_prefix + family.ple_table:
             ple += size
     return total, ple
 

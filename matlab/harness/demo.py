@@ -5,16 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matlab
-from matlab.errors import MatformerError
+from matlab.bundled import resolve_config_entry, resolve_suite
 from matlab.harness.report import build_report
 from matlab.harness.suite import load_suite
-from matlab.harness.sweep import Progress, SweepSettings, run_sweep
+from matlab.harness.sweep import SweepSettings, run_sweep
+from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import embedded_available, resolve_checkpoint
 from matlab.slice_config import load_slice_config
 from matlab.slicer import slice_checkpoint
 
-REPO = Path(matlab.__file__).resolve().parent.parent
 CONTROL_CONFIGS = ("nano-e4b.yaml", "nano-e2b.yaml")
 
 
@@ -26,16 +25,12 @@ class DemoResult:
     report: Path
 
 
-def demo_inputs(repo: Path = REPO) -> tuple[list[Path], Path]:
-    configs = sorted((repo / "slice_configs" / "nano").glob("*.yaml"))
-    suite = repo / "evals" / "nano.yaml"
-    if not configs or not suite.is_file():
-        raise MatformerError(f"the demo needs slice_configs/nano/ and evals/nano.yaml beside the package "
-                             f"(looked in {repo}); run it from a source checkout installed with pip install -e .")
-    return configs, suite
+def demo_inputs() -> tuple[list[Path], Path]:
+    """The nano slice configs and the nano suite (from the source checkout or the wheel)."""
+    return resolve_config_entry("nano"), resolve_suite("nano")
 
 
-def run_demo(out: Path, limit: int | None = None, progress: Progress | None = None) -> DemoResult:
+def run_demo(out: Path, limit: int | None = None, progress: Progress = NO_PROGRESS) -> DemoResult:
     """Everything lands under `out`; finished sweeps are resumed, not redone."""
     configs, suite_path = demo_inputs()
     suite = load_suite(suite_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 from matlab.core.submodel import Submodel
@@ -44,7 +43,6 @@ def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     local = local_task_configs(suite)
     # Indexing lm-eval's thousands of bundled task files takes a minute; skip it when the
     # suite only runs local tasks.

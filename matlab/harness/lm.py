@@ -11,6 +11,7 @@ from lm_eval.api.model import LM
 from matlab.core.generation import generate_ids
 from matlab.core.scoring import score_continuations
 from matlab.core.submodel import Submodel
+from matlab.errors import CheckpointError
 
 
 class MatformerLM(LM):
@@ -19,7 +20,8 @@ class MatformerLM(LM):
     def __init__(self, submodel: Submodel, batch_size: int = 16, max_length: int = 2048) -> None:
         super().__init__()
         if submodel.tokenizer is None:
-            raise ValueError("the model has no tokenizer; lm-eval tasks need one")
+            raise CheckpointError("the checkpoint ships no tokenizer (tokenizer.json or tokenizer.model), and "
+                                  "lm-eval tasks need one; copy the base model's tokenizer files into it")
         self.submodel = submodel
         self.tokenizer = submodel.tokenizer
         self.batch_size = batch_size

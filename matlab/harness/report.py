@@ -97,7 +97,7 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                              f"Latency measured on {primary['device'].iloc[0]} in {primary['dtype'].iloc[0]}."
                              if cost_column == "decode_tokens_per_s" else "Bytes of the weights the slice uses."))
 
-    per_config = frame.drop_duplicates("config_hash").sort_values("effective_params")
+    per_config = frame.drop_duplicates("submodel_id").sort_values("effective_params")
     num_layers = int(max(k + len(s) for k, s in zip(per_config["kept_layers"], per_config["layers_skipped"])))
     base_width = int(max(max(widths) for widths in per_config["ffn_widths"]))
     heatmap = plots.width_heatmap(list(per_config["config"]), num_layers, list(per_config["layers_skipped"]),
@@ -107,16 +107,16 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
 
     columns = [(task, metric) for task, metric, _ in tasks]
     front = set(pareto_front(list(primary["effective_params"]), list(primary["value"]), primary_higher))
-    front_hashes = {primary["config_hash"][i] for i in front}
+    front_ids = {primary["submodel_id"][i] for i in front}
     result_rows = []
     for _, config in per_config.iterrows():
         values = []
         for task, metric in columns:
-            match = frame[(frame["config_hash"] == config["config_hash"]) & (frame["task"] == task)
+            match = frame[(frame["submodel_id"] == config["submodel_id"]) & (frame["task"] == task)
                           & (frame["metric"] == metric)]
             values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
         values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}"]
-        result_rows.append({"config": config["config"], "cells": values, "front": config["config_hash"] in front_hashes})
+        result_rows.append({"config": config["config"], "cells": values, "front": config["submodel_id"] in front_ids})
     configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"])),
                 "stated_effective_params_b": _stated(row.get("stated_effective_params_b")),
                 "stated_mmlu": _stated(row.get("stated_mmlu"))}

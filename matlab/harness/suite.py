@@ -33,14 +33,7 @@ class Suite(BaseModel):
     description: str = ""
     task_dirs: tuple[str, ...] = ()  # local task folders, relative to the suite file
     tasks: tuple[SuiteTask, ...] = Field(min_length=1)
-    needs_hub: bool = False  # the tasks' datasets come from the Hugging Face Hub
     source: Path | None = Field(None, exclude=True)
-
-    def task(self, name: str) -> SuiteTask:
-        for task in self.tasks:
-            if task.name == name:
-                return task
-        raise SuiteError(f"suite {self.name} has no task {name!r}")
 
 
 def load_suite(path: str | Path) -> Suite:

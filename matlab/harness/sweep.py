@@ -11,7 +11,6 @@ import json
 import resource
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from matlab.harness.suite import Suite
 from matlab.inventory import inventory_from_checkpoint
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
 from matlab.slice_config import SliceConfig, load_slice_config
 from matlab.slicer import slice_checkpoint
 
@@ -51,15 +51,13 @@ class SweepSettings:
     latency_runs: int = 3
 
 
-Progress = Callable[[str, dict], None]
-
-
-def config_key(path: Path, config: SliceConfig) -> str:
-    return f"{path.stem}-{config.content_hash()}"
+# Version of the run directory's layout: results are keyed by submodel identity since 2.
+RESULTS_FORMAT = 2
 
 
 def _run_identity(directory: Path, settings: SweepSettings) -> dict:
-    return {"checkpoint": checkpoint_identity(directory), "suite": settings.suite.model_dump(mode="json"),
+    return {"results_format": RESULTS_FORMAT, "checkpoint": checkpoint_identity(directory),
+            "suite": settings.suite.model_dump(mode="json"),
             "limit": settings.limit, "materialize": settings.materialize, "device": settings.device,
             "dtype": settings.dtype, "seed": settings.seed}
 
@@ -84,14 +82,14 @@ def _peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _rows(submodel: Submodel, path: Path, config: SliceConfig, settings: SweepSettings, accounting,
+def _rows(submodel: Submodel, path: Path, config: SliceConfig, key: str, settings: SweepSettings, accounting,
           directory: Path, seconds_start: float) -> list[dict]:
     latency = measure_latency(submodel.model, settings.latency_prompt_tokens, settings.latency_decode_tokens,
                               settings.latency_runs, seed=settings.seed)
     scores = evaluate_submodel(submodel, settings.suite, limit=settings.limit, seed=settings.seed)
     reference = config.reference
     common = {
-        "config": config.name, "config_file": str(path), "config_hash": config.content_hash(),
+        "config": config.name, "config_file": str(path), "submodel_id": key,
         "layers_skipped": list(config.layers_skipped), "ffn_widths": list(submodel.plan.ffn_widths),
         "kept_layers": len(submodel.plan.kept_layers),
         "effective_params": accounting.effective_params, "ple_params": accounting.ple_params,
@@ -110,41 +108,45 @@ def _rows(submodel: Submodel, path: Path, config: SliceConfig, settings: SweepSe
 
 
 def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, settings: SweepSettings,
-              progress: Progress | None = None) -> list[str]:
-    """Evaluate every config not yet recorded in `run_dir`; returns the keys evaluated now."""
+              progress: Progress = NO_PROGRESS) -> list[str]:
+    """Evaluate every config not yet recorded in `run_dir`; returns the keys evaluated now.
+    `progress` counts configs and names the one being evaluated."""
     from matlab.resolve import resolve_checkpoint
 
-    emit = progress or (lambda event, info: None)
     directory = resolve_checkpoint(checkpoint)
     facts = facts_from_checkpoint(directory)
     inventory = inventory_from_checkpoint(directory)
     configs = [(path, load_slice_config(path)) for path in config_paths]
-    keys = [config_key(path, config) for path, config in configs]
-    if len(set(keys)) != len(keys):
-        raise SweepError("the same config is listed twice; list each config file once")
     plans = [SlicePlan.build(config, facts, str(path)) for path, config in configs]  # validate all first
+    keys = [plan.submodel_id for plan in plans]  # the submodel, however its config spells it
+    first_path = {}
+    for (path, _), key in zip(configs, keys):
+        if key in first_path:
+            raise SweepError(f"{first_path[key]} and {path} describe the same submodel (kept layers and widths); "
+                             "list one of them")
+        first_path[key] = path
     _check_run_dir(run_dir, _run_identity(directory, settings))
     done = finished_keys(run_dir)
-    emit("start", {"total": len(configs), "done": len(done & set(keys))})
+    progress.start(len(configs), completed=len(done & set(keys)), description="sweep")
     loaded: LoadedModel | None = None
     evaluated = []
     for (path, config), key, plan in zip(configs, keys, plans):
         if key in done:
             continue
-        emit("config", {"name": config.name, "key": key})
+        progress.describe(f"evaluating {config.name}")
         started = time.perf_counter()
         accounting = count_parameters(inventory, facts, plan, text_only=True)
         if settings.materialize:
             target = run_dir / "materialized" / key
             slice_checkpoint(directory, config, target, config_source=str(path), text_only=True, force=True)
             submodel = select_submodel(load_model(target, device=settings.device, dtype=settings.dtype), None)
-            rows = _rows(submodel, path, config, settings, accounting, directory, started)
+            rows = _rows(submodel, path, config, key, settings, accounting, directory, started)
             shutil.rmtree(target, ignore_errors=True)
         else:
             loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
             submodel = select_submodel(loaded, config, str(path))
-            rows = _rows(submodel, path, config, settings, accounting, directory, started)
+            rows = _rows(submodel, path, config, key, settings, accounting, directory, started)
         record_config(run_dir, key, rows)
         evaluated.append(key)
-        emit("done", {"name": config.name, "key": key, "seconds": time.perf_counter() - started})
+        progress.advance()
     return evaluated

@@ -18,8 +18,6 @@ import numpy as np
 
 from matlab.errors import CheckpointError
 
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-               "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -95,13 +93,6 @@ class CheckpointFiles:
                                            end - begin)
         self.tensors = tensors
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(info.nbytes for info in self.tensors.values())
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: info.shape for name, info in self.tensors.items()}
-
 
 class RangeReader:
     """Reads byte ranges with pread, keeping at most one file open at a time."""
@@ -137,7 +128,7 @@ class RangeReader:
             os.close(self._fd)
         self._fd, self._path = None, None
 
-    def __enter__(self) -> "RangeReader":
+    def __enter__(self) -> RangeReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -8,6 +8,7 @@ in chunks, checking the running byte count of each tensor.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from matlab.io.reader import DTYPE_SIZES, INDEX_NAME
+from matlab.dtypes import SAFETENSORS_SIZES
+from matlab.io.reader import INDEX_NAME
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -30,6 +32,9 @@ def parse_size(text: str) -> int:
         raise ValueError(f"cannot read size {text!r}; write it like 5GB, 500MB or 2GiB")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
+# copy_file_range errors that mean "not between these files": fall back to pread and write.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+
 
 @dataclass(frozen=True)
 class OutputTensor:
@@ -39,7 +44,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        count = DTYPE_SIZES[self.dtype]
+        count = SAFETENSORS_SIZES[self.dtype]
         for size in self.shape:
             count *= size
         return count
@@ -84,6 +89,8 @@ class ShardedWriter:
         self._handle: BinaryIO | None = None
         self._open_shard = -1
         self.bytes_written = 0
+        # macOS and Windows have no copy_file_range.
+        self._kernel_copy = hasattr(os, "copy_file_range")
 
     @property
     def total_size(self) -> int:
@@ -108,23 +115,33 @@ class ShardedWriter:
     def write(self, data: bytes | memoryview) -> None:
         if len(data) > self._remaining:
             raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {len(data) - self._remaining} bytes too many")
-        written = 0
-        while written < len(data):  # an unbuffered write may be partial
-            written += self._handle.write(data[written:])
+        self._write_all(data)
         self._remaining -= len(data)
         self.bytes_written += len(data)
 
     def copy_range(self, source_fd: int, offset: int, length: int) -> None:
         """Append `length` bytes of `source_fd` from `offset`, copied inside the kernel
-        (`os.copy_file_range`): no user-space buffer at all."""
+        (`os.copy_file_range`: no user-space buffer at all) where the platform and the two
+        filesystems allow it, else read with pread and written (one buffer of `length`)."""
         if length > self._remaining:
             raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {length - self._remaining} bytes too many")
         done = 0
-        while done < length:
-            copied = os.copy_file_range(source_fd, self._handle.fileno(), length - done, offset + done)
+        while done < length and self._kernel_copy:
+            try:
+                copied = os.copy_file_range(source_fd, self._handle.fileno(), length - done, offset + done)
+            except OSError as error:
+                if error.errno not in _NO_KERNEL_COPY:
+                    raise
+                self._kernel_copy = False  # e.g. EXDEV across filesystems on older kernels
+                break
             if copied == 0:
                 raise OSError(f"source ended {length - done} bytes early")
             done += copied
+        if done < length:
+            data = os.pread(source_fd, length - done, offset + done)
+            if len(data) != length - done:
+                raise OSError(f"source ended {length - done - len(data)} bytes early")
+            self._write_all(data)
         self._remaining -= length
         self.bytes_written += length
 
@@ -137,12 +154,18 @@ class ShardedWriter:
         index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
         (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
+    def _write_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        written = 0
+        while written < len(view):  # an unbuffered write may be partial
+            written += self._handle.write(view[written:])
+
     def _close_handle(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "ShardedWriter":
+    def __enter__(self) -> ShardedWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from matlab.nano.model import FFN, KV_SHARED, LAYERS, PATTERN, nested_e2b
-from matlab.slice_config import SliceConfig, dump_slice_config
+from matlab.slice_config import SliceConfig
 
 FIRST_SHARED = LAYERS - KV_SHARED
 FIRST_SHARED_BLOCK = tuple(range(FIRST_SHARED, FIRST_SHARED + PATTERN))
@@ -56,13 +54,3 @@ def nano_configs(ffn: int = FFN) -> dict[str, SliceConfig]:
                                                 "full widths elsewhere.",
                                     layers_skipped=skipped, ffn_widths=ffn)
     return configs
-
-
-def write_nano_configs(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for stem, config in nano_configs().items():
-        path = directory / f"{stem}.yaml"
-        path.write_text(dump_slice_config(config.model_copy(update={"base": "nano"})), encoding="utf-8")
-        paths.append(path)
-    return paths

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from matlab.nano.world import World, arithmetic_questions, fact_questions, heldout_text
 
-EVAL_FILES = ("facts.jsonl", "arithmetic.jsonl", "heldout.jsonl")
-
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")

@@ -12,6 +12,8 @@ import random
 
 from transformers import Gemma3nTextConfig
 
+from matlab.architecture import ArchFacts, facts_from_config
+from matlab.families import GEMMA3N
 from matlab.slice_config import SliceConfig
 
 PATTERN = 5  # 4 sliding + 1 full
@@ -28,6 +30,11 @@ def nano_config(vocab_size: int, ffn: int = FFN) -> Gemma3nTextConfig:
         hidden_size_per_layer_input=16, num_kv_shared_layers=KV_SHARED, laurel_rank=8, sliding_window=32,
         max_position_embeddings=512, activation_sparsity_pattern=[0.95] * PATTERN + [0.0] * (LAYERS - PATTERN),
         pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True)
+
+
+def nano_facts(config: Gemma3nTextConfig) -> ArchFacts:
+    """Architecture facts of a nano model's config (the text-only layout)."""
+    return facts_from_config({**config.to_dict(), "model_type": GEMMA3N.text_model_type}, "nano")
 
 
 def nested_e2b(ffn: int = FFN) -> SliceConfig:

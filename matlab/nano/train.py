@@ -18,12 +18,11 @@ from torch.func import functional_call
 from transformers import Gemma3nForCausalLM
 
 from matlab.core.elastic import build_submodel, parameter_views
-from matlab.core.loading import text_facts
-from matlab.architecture import facts_from_config
-from matlab.nano.model import FFN, nano_config, nested_e2b, random_mix_n_match
+from matlab.nano.model import FFN, nano_config, nano_facts, nested_e2b, random_mix_n_match
 from matlab.nano.tokenizer import build_tokenizer
 from matlab.nano.world import World, document, make_world
 from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
 
 GRANULARITIES = ("full", "nano-E2B", "mix")
 
@@ -89,10 +88,11 @@ def submodel_loss(model: Gemma3nForCausalLM, plan: SlicePlan | None, input_ids: 
                            strict=False).loss
 
 
-def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], None] | None = None,
+def train_nano(settings: TrainSettings, progress: Progress = NO_PROGRESS,
                every: int = 0, on_every: Callable[[int, TrainResult], None] | None = None) -> TrainResult:
     """Train the nano model (MatFormer, or full-size only for the control). With `every`,
-    `on_every(steps_done, result)` runs after every `every` steps (`result.model` in eval mode)."""
+    `on_every(steps_done, result)` runs after every `every` steps (`result.model` in eval mode).
+    `progress` counts steps and shows the sampled granularity and its loss."""
     torch.manual_seed(settings.seed)
     generator = random.Random(settings.seed)
     world = make_world(settings.people, seed=0)
@@ -101,7 +101,7 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
     model = Gemma3nForCausalLM(config).to(settings.device)
     model.config._attn_implementation = "sdpa"
     model.train()
-    facts = text_facts(facts_from_config({**config.to_dict(), "model_type": "gemma3n_text"}, "nano"))
+    facts = nano_facts(config)
     e2b_plan = SlicePlan.build(nested_e2b(settings.ffn), facts)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=0.01)
@@ -113,6 +113,7 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
               for table in (model.model.embed_tokens.weight, model.model.embed_tokens_per_layer.weight)
               ] if settings.frozen_names else []
     result = TrainResult(model, tokenizer, world)
+    progress.start(settings.steps, description="training")
     started = time.perf_counter()
     for step in range(settings.steps):
         granularity = generator.choices(GRANULARITIES, settings.sample_weights)[0] if settings.matformer else "full"
@@ -132,8 +133,8 @@ def train_nano(settings: TrainSettings, on_step: Callable[[int, str, float], Non
         value = float(loss.detach())
         result.curve.append({"step": step, "granularity": granularity, "loss": round(value, 4),
                              "seconds": round(time.perf_counter() - started, 1)})
-        if on_step:
-            on_step(step, granularity, value)
+        progress.describe(f"training {granularity:>8} loss {value:.3f}")
+        progress.advance()
         if on_every and every and (step + 1) % every == 0:
             model.eval()
             on_every(step + 1, result)

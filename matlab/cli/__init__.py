@@ -1,0 +1,21 @@
+"""The `matformer` command: each subcommand parses options, calls one library function, prints.
+
+Commands are grouped by pipeline stage, one module each (slicing, running, evaluation,
+search, bench). Heavy imports (torch, transformers, lm_eval) happen inside the commands, so
+`--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from matlab.cli import bench, evaluation, running, slicing
+
+app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+slicing.register(app)
+running.register(app)
+evaluation.register(app)
+app.add_typer(bench.bench_app, name="bench")
+
+__all__ = ["app"]

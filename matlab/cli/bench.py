@@ -1,0 +1,144 @@
+"""Benchmark commands: numbers measured on this machine, compared as ratios within one run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from matlab.cli.common import DtypeOpt, JsonOpt, LimitOpt, SuiteOpt, config_paths, console, errors, reported_errors, say
+
+bench_app = typer.Typer(help="Benchmarks (numbers measured on this machine, ratios within one run).",
+                        no_args_is_help=True)
+
+
+@bench_app.command("slice")
+def bench_slice_command(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Full checkpoint directory.")],
+                        config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
+                        work_dir: Annotated[Path, typer.Option(help="Scratch space for outputs.")] = Path("bench-work"),
+                        text_only: Annotated[bool, typer.Option(help="Benchmark --text-only slicing.")] = False,
+                        repeat: Annotated[int, typer.Option(min=1)] = 1,
+                        as_json: JsonOpt = False) -> None:
+    """Our slicer vs a notebook-style naive slicer vs copying the output's bytes."""
+    from matlab.bench.slice_bench import bench_slice
+
+    with reported_errors():
+        result = bench_slice(checkpoint, config, work_dir, text_only=text_only, repeat=repeat)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("method", "seconds", "peak RSS (MiB)", "read (MB)", "written (MB)",
+                  title=escape(f"slicing {checkpoint} with {config}{' --text-only' if text_only else ''}"))
+    for method, numbers in result["methods"].items():
+        table.add_row(method, f"{numbers['seconds']:.2f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}",
+                      f"{numbers['bytes_read'] / 1e6:.0f}", f"{numbers['bytes_written'] / 1e6:.0f}")
+    console.print(table)
+    say(f"ours/naive time {result['ours_over_naive_seconds']:.2f}, ours/copy time "
+                  f"{result['ours_over_copy_seconds']:.2f}, ours/naive peak RSS {result['ours_over_naive_rss']:.2f}; "
+                  f"{result['tensors_verified_equal']} tensors read back equal")
+
+
+@bench_app.command("sweep")
+def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")],
+                        configs: Annotated[list[str], typer.Option("--configs", help="Config files, folders or a bundled set.")],
+                        suite: SuiteOpt, limit: LimitOpt = None,
+                        work_dir: Annotated[Path, typer.Option(help="Scratch space for the two runs.")] = Path(
+                            "bench-work"),
+                        as_json: JsonOpt = False) -> None:
+    """An elastic sweep against a --materialize sweep: end-to-end time and identical scores."""
+    from matlab.bench.sweep_bench import bench_sweep
+    from matlab.bundled import resolve_suite
+
+    with reported_errors():
+        paths = config_paths(configs)
+        result = bench_sweep(checkpoint, paths, resolve_suite(suite), work_dir, limit=limit)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("mode", "sweep seconds", "peak RSS (MiB)", title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
+    for mode, numbers in result["modes"].items():
+        table.add_row(mode, f"{numbers['sweep_seconds']:.1f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}")
+    console.print(table)
+    say(f"materialize/elastic time {result['materialize_over_elastic_seconds']:.2f}; "
+                  f"{result['scores_identical']} of {result['scores_compared']} scores identical "
+                  f"(largest difference {result['max_score_difference']:.3g})")
+
+
+@bench_app.command("switch")
+def bench_switch_command(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Full checkpoint directory.")],
+                         config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
+                         dtype: DtypeOpt = "bfloat16",
+                         work_dir: Annotated[Path, typer.Option(help="Scratch space for the slice.")] = Path(
+                             "bench-work"),
+                         as_json: JsonOpt = False) -> None:
+    """Switching cost: build an elastic submodel of a loaded model vs slice to disk and load."""
+    from matlab.bench.sweep_bench import bench_switch
+
+    with reported_errors():
+        result = bench_switch(checkpoint, config, work_dir, dtype=dtype)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    elastic, disk = result["modes"]["elastic"], result["modes"]["materialize"]
+    table = Table("step", "seconds", title=escape(f"switching {checkpoint} to {config} ({dtype}, text only)"))
+    table.add_row("load the full model and warm it (once per sweep)",
+                  f"{elastic['load_full_seconds'] + elastic['full_model_warmup_seconds']:.2f}")
+    table.add_row("elastic: build the submodel (median)", f"{result['elastic_build_seconds']:.3f}")
+    table.add_row("elastic: its first forward pass", f"{elastic['first_forward_seconds']:.2f}")
+    table.add_row("disk: slice to disk", f"{disk['slice_seconds']:.2f}")
+    table.add_row("disk: load the slice", f"{disk['load_slice_seconds']:.2f}")
+    table.add_row("disk: its first forward pass", f"{disk['first_forward_seconds']:.2f}")
+    console.print(table)
+    say(f"disk/elastic switching time {result['disk_over_elastic']:.0f}x; peak RSS elastic "
+                  f"{elastic['peak_rss_bytes'] / 2**30:.2f} GiB, disk {disk['peak_rss_bytes'] / 2**30:.2f} GiB; "
+                  f"largest logit difference {result['max_logit_difference']:.3g}")
+
+
+@bench_app.command("nano-capacity")
+def bench_nano_capacity_command(
+        people: Annotated[int, typer.Option(min=2, max=4096, help="People in the synthetic world (4 facts each).")] = 256,
+        steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
+        every: Annotated[int, typer.Option(min=1, help="Score the fact questions every this many steps.")] = 250,
+        fact_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training sentences that are facts.")
+                              ] = 0.7,
+        frozen_names: Annotated[bool, typer.Option(
+            help="Keep the names' embedding rows at their random initial values, so facts must live in the layers.")
+                                ] = False,
+        ffn: Annotated[int, typer.Option(min=2, help="The full model's FFN width (nano ships with 512).")] = 512,
+        seed: int = 0,
+        threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: torch's default).")] = 0,
+        device: Annotated[str, typer.Option(help="Torch device to train on (cpu, cuda).")] = "cpu",
+        as_json: JsonOpt = False) -> None:
+    """Train nano as a MatFormer on a world of a given size; fact accuracy of nano-E4B, nano-E2B
+    and nano-L4 (held-out frames) every few steps."""
+    import torch
+
+    from matlab.bench.nano_capacity import MEASURED, bench_capacity
+    from matlab.nano.train import TrainSettings
+
+    if threads:
+        torch.set_num_threads(threads)
+    command = shlex.join(["matformer", "bench", "nano-capacity", "--people", str(people), "--steps", str(steps),
+                          "--every", str(every), "--fact-share", str(fact_share), "--ffn", str(ffn), "--seed", str(seed),
+                          *(["--frozen-names"] if frozen_names else [])])
+    settings = TrainSettings(steps=steps, seed=seed, people=people, fact_share=fact_share, frozen_names=frozen_names,
+                             ffn=ffn, device=device)
+    with reported_errors():
+        # Points go to stderr as they are measured (stdout stays one JSON document with --json).
+        result = bench_capacity(settings, every, on_point=lambda point: errors.print(
+            f"step {point['step']}: " + ", ".join(f"{stem} {point[stem]:.3f}" for stem in MEASURED), highlight=False))
+    result["command"] = command
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("step", *MEASURED, "E4B - E2B", title=f"fact accuracy, {people} people (chance {result['chance']:.3f})")
+    for point in result["points"]:
+        table.add_row(str(point["step"]), *(f"{point[stem]:.3f}" for stem in MEASURED),
+                      f"{point['nano-e4b'] - point['nano-e2b']:+.3f}")
+    console.print(table)
+    say(f"{result['seconds'] / 60:.1f} minutes of training; reproduce: {command}")

@@ -1,0 +1,152 @@
+"""What every command group shares: the consoles, one-line errors, progress bars, options.
+
+Every piece of user text (paths, config and task names, error messages) is printed without
+markup, so brackets in it are shown as typed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from matlab.errors import MatformerError
+from matlab.progress import Progress
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint directory or hub id.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Bundled architecture, e.g. gemma-3n-e4b.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Run this slice elastically from the full model.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
+SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.yaml) or a bundled suite's name (nano).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
+
+
+def say(text: str) -> None:
+    """A line of plain text on stdout (no markup: brackets are printed as typed)."""
+    console.print(text, markup=False, highlight=False)
+
+
+def fail_line(message: str) -> None:
+    errors.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+
+
+def warn_line(message: str) -> None:
+    errors.print(Text.assemble(("warning: ", "yellow"), message), highlight=False)
+
+
+def usage_error(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line usage error and return the Exit to raise."""
+    fail_line(message)
+    return typer.Exit(code)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn library errors into one red line on stderr and the error's exit code."""
+    try:
+        yield
+    except MatformerError as error:
+        fail_line(str(error))
+        raise typer.Exit(error.exit_code) from None
+
+
+@contextmanager
+def quiet_evaluation() -> Iterator[None]:
+    """While lm-evaluation-harness runs under a rich progress display: no tqdm bars of its own
+    (they would tear through the display) and only its errors logged. Restored afterwards."""
+    previous_tqdm = os.environ.get("TQDM_DISABLE")
+    logger = logging.getLogger("lm_eval")
+    previous_level = logger.level
+    os.environ["TQDM_DISABLE"] = "1"
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous_level)
+        if previous_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous_tqdm
+
+
+class RichProgress(Progress):
+    """Draws the library's progress as rich bars on stderr: bytes (size, speed, time left) or
+    items (done of total, elapsed, time left). Use it as a context manager."""
+
+    def __init__(self, unit: str = "items") -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),
+                                                                                    TimeElapsedColumn())
+        from rich.progress import Progress as Display
+
+        self.display = Display(TextColumn("{task.description}", markup=False), BarColumn(), *counts,
+                               TimeRemainingColumn(), console=errors, transient=unit == "bytes")
+        self.task = None
+
+    def start(self, total: float | None, *, completed: float = 0, description: str = "") -> None:
+        self.task = self.display.add_task(description, total=total, completed=completed)
+
+    def advance(self, amount: float = 1) -> None:
+        self.display.advance(self.task, amount)
+
+    def describe(self, description: str) -> None:
+        self.display.update(self.task, description=description)
+
+    def __enter__(self) -> RichProgress:
+        self.display.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.display.__exit__(*exc_info)
+
+
+def parse_size_option(text: str, option: str) -> int:
+    from matlab.io.writer import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise usage_error(f"{option}: {error}") from None
+
+
+def facts_of(checkpoint: str | None, arch: str | None):
+    """(facts, directory or None) for exactly one of --checkpoint and --arch."""
+    from matlab.architecture import facts_from_arch, facts_from_checkpoint
+    from matlab.resolve import resolve_checkpoint
+
+    if (checkpoint is None) == (arch is None):
+        raise usage_error("give exactly one of --checkpoint or --arch")
+    if arch is not None:
+        return facts_from_arch(arch), None
+    directory = resolve_checkpoint(checkpoint)
+    return facts_from_checkpoint(directory), directory
+
+
+def config_paths(entries: list[str]) -> list[Path]:
+    """Config files named directly, folders of them (*.yaml), or bundled sets by name
+    (`nano`, `gemma-3n-e4b`); each file once, sorted."""
+    from matlab.bundled import resolve_config_entry
+
+    return sorted({path for entry in entries for path in resolve_config_entry(entry)})

@@ -1,0 +1,104 @@
+"""Evaluation commands: eval one model on a suite, sweep many configs, report, the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from matlab.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    JsonOpt,
+    LimitOpt,
+    RichProgress,
+    SuiteOpt,
+    config_paths,
+    console,
+    quiet_evaluation,
+    reported_errors,
+    say,
+)
+from matlab.cli.running import load_submodel
+
+
+def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
+                 suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None,
+                 device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", as_json: JsonOpt = False) -> None:
+    """Evaluate one model (or one elastic slice) on a suite."""
+    from matlab.bundled import resolve_suite
+    from matlab.harness.evaluate import evaluate_submodel
+    from matlab.harness.suite import load_suite
+
+    with reported_errors(), quiet_evaluation():
+        loaded_suite = load_suite(resolve_suite(suite))
+        submodel = load_submodel(checkpoint, config, device, dtype)
+        scores = evaluate_submodel(submodel, loaded_suite, limit=limit)
+    if as_json:
+        console.print_json(json.dumps({"model": checkpoint, "config": submodel.name, "suite": loaded_suite.name,
+                                       "scores": [score.as_dict() for score in scores]}))
+        return
+    table = Table("task", "metric", "value", "stderr", "n", title=escape(f"{submodel.name} on {loaded_suite.name}"))
+    for score in scores:
+        table.add_row(escape(score.task), escape(score.metric), f"{score.value:.4f}",
+                      "" if score.stderr is None else f"{score.stderr:.4f}", str(score.samples))
+    console.print(table)
+
+
+def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory, hub id or 'nano'.")],
+          configs: Annotated[list[str], typer.Option("--configs", help="Config files, folders of them, or a bundled "
+                                                                        "set's name (nano, gemma-3n-e4b).")],
+          suite: SuiteOpt, out: Annotated[Path, typer.Option("--out", help="Run directory (resumable).")],
+          limit: LimitOpt = None,
+          materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
+          device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
+    """Evaluate many slice configs; a killed sweep resumes where it stopped."""
+    from matlab.bundled import resolve_suite
+    from matlab.harness.suite import load_suite
+    from matlab.harness.sweep import SweepSettings, run_sweep
+
+    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+        paths = config_paths(configs)
+        settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
+                                 dtype=dtype)
+        evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress)
+    say(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "
+        f"results in {out / 'results.jsonl'}")
+
+
+def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory.")],
+           out: Annotated[Path, typer.Option("--out", help="Report directory (index.html).")],
+           compare: Annotated[Optional[Path], typer.Option(help="Another run to overlay.")] = None,
+           compare_label: Annotated[str, typer.Option(help="Legend label of --compare.")] = "compared run",
+           force: ForceOpt = False) -> None:
+    """Write a self-contained HTML report of a sweep."""
+    from matlab.harness.report import build_report
+
+    with reported_errors():
+        path = build_report(run_dir, out, compare=compare, compare_label=compare_label, force=force)
+    say(f"wrote {path}")
+
+
+def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("matformer-demo"),
+         limit: LimitOpt = None) -> None:
+    """The main job on the embedded nano model: slice one config, sweep all nano configs on the
+    nano suite (and the control on two), write the HTML report."""
+    from matlab.harness.demo import run_demo
+
+    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+        result = run_demo(out, limit=limit, progress=progress)
+    say(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
+        f"report: {result.report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="eval")(eval_command)
+    app.command()(sweep)
+    app.command()(report)
+    app.command()(demo)

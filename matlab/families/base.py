@@ -1,0 +1,208 @@
+"""The interface every nested-architecture family implements, and the family registry.
+
+A family is everything the workbench knows about one MatFormer architecture: which config
+keys hold the per-layer facts, the tensor names and the axis each FFN tensor is cut on, the
+tables that hold one block per layer, the KV-sharing rule, the text-only rewrite, the trained
+granularities and the transformers classes that run it. Slicing, validation, accounting and
+the inference core ask the family and never name a tensor themselves, so supporting another
+architecture is one new module: subclass `Family`, set its names, register an instance.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from matlab.errors import CheckpointError
+
+
+class Family:
+    """A nested architecture. Tensor names below are relative to the text model's prefix."""
+
+    name = "family"
+    text_model_type = ""                   # config.json model_type of a text-only checkpoint
+    multimodal_model_type: str | None = None  # ... of a multimodal checkpoint (text config nested)
+    text_config_key = "text_config"
+    text_prefix = "model."                  # text tensors of a text-only checkpoint
+    multimodal_text_prefix = "model.language_model."
+    head_prefix = "lm_head."
+    layer_tensor = re.compile(r"layers\.(\d+)\.(.+)")
+    # Text config keys.
+    num_layers_key = "num_hidden_layers"
+    ffn_widths_key = "intermediate_size"
+    layer_types_key = "layer_types"
+    num_kv_shared_key = "num_kv_shared_layers"
+    block_size_key = ""                      # width of one layer's block in the layer-blocked tables
+    # Per-layer tensor suffix -> the axis cut to the kept FFN width (MatFormer nesting keeps
+    # the first k neurons).
+    ffn_cuts: dict[str, int] = {}
+    # Text tensor -> the axis that holds one block of `block_size_key` per layer.
+    layer_blocks: dict[str, int] = {}
+    # Text tensor prefixes not counted as effective parameters, by accounting group.
+    embedding_groups: dict[str, str] = {}
+    # The per-layer embedding table (kept on the CPU by `ple_on_cpu`, reported as PLE bytes).
+    ple_table = ""
+    # Groups of the non-text tensors of a multimodal checkpoint, by full-name prefix.
+    component_groups: dict[str, tuple[str, ...]] = {}
+    text_model_class_name = ""
+    multimodal_model_class_name = ""
+
+    @property
+    def ple_module(self) -> str:
+        """The per-layer embedding module's path in the text model."""
+        return self.text_prefix + self.ple_table.removesuffix(".weight")
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return tuple(t for t in (self.text_model_type, self.multimodal_model_type) if t)
+
+    # -- config ---------------------------------------------------------------------------
+    def split_config(self, config: dict[str, Any], source: str) -> tuple[dict[str, Any], bool]:
+        """(the text config, whether the checkpoint is multimodal) of a parsed config.json."""
+        if config.get("model_type") == self.multimodal_model_type:
+            text_config = config.get(self.text_config_key)
+            if not isinstance(text_config, dict):
+                raise CheckpointError(f"{source}: config.json has model_type {self.multimodal_model_type} but no "
+                                      f"{self.text_config_key}")
+            return text_config, True
+        return config, False
+
+    def normalize_text_config(self, text_config: dict[str, Any], source: str) -> dict[str, Any]:
+        """Per-layer fields as explicit lists of one entry per layer (a scalar FFN width is
+        expanded); raises CheckpointError naming the field when they disagree."""
+        normalized = dict(text_config)
+        layers = int(normalized[self.num_layers_key])
+        if not isinstance(normalized.get(self.ffn_widths_key), list):
+            normalized[self.ffn_widths_key] = [int(normalized[self.ffn_widths_key])] * layers
+        for key in self.per_layer_keys():
+            if not isinstance(normalized.get(key), list) or len(normalized[key]) != layers:
+                found = len(normalized[key]) if isinstance(normalized.get(key), list) else "no"
+                raise CheckpointError(f"{source}: {key} has {found} entries but {self.num_layers_key} is {layers}; "
+                                      "the config is inconsistent")
+        return normalized
+
+    def per_layer_keys(self) -> tuple[str, ...]:
+        """Text config keys that must hold one entry per layer."""
+        return (self.ffn_widths_key, self.layer_types_key)
+
+    def kv_roles(self, layer_types: list[str], num_kv_shared: int) -> tuple[dict[str, int], list[int]]:
+        """KV producers by attention type and the consumer layers.
+
+        The last `num_kv_shared` layers reuse the KV of the last layer of the same attention
+        type before them; a type that occurs among consumers but not before them has no
+        producer and is left out.
+        """
+        if num_kv_shared <= 0:
+            return {}, []
+        first_shared = len(layer_types) - num_kv_shared
+        producers: dict[str, int] = {}
+        for index in range(first_shared):
+            producers[layer_types[index]] = index
+        return producers, list(range(first_shared, len(layer_types)))
+
+    def trained_widths(self, base_width: int) -> tuple[int, ...]:
+        """FFN widths the MatFormer was trained at for a layer of `base_width`."""
+        return (base_width, base_width // 2)
+
+    def sliced_text_config(self, raw: dict[str, Any], normalized: dict[str, Any], kept_layers: tuple[int, ...],
+                           ffn_widths: tuple[int, ...], num_kv_shared: int) -> dict[str, Any]:
+        """The submodel's text config: every per-layer list cut to the kept layers, the counts
+        rewritten. Any list as long as the layer count is treated as per-layer."""
+        layers = int(normalized[self.num_layers_key])
+        text_config = copy.deepcopy(raw)
+        for key, value in normalized.items():
+            if isinstance(value, list) and len(value) == layers:
+                text_config[key] = [value[layer] for layer in kept_layers]
+        text_config.update({self.num_layers_key: len(kept_layers), self.ffn_widths_key: list(ffn_widths),
+                            self.num_kv_shared_key: num_kv_shared})
+        return text_config
+
+    def text_only_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json of the text model alone. The dtype of a multimodal checkpoint is
+        stated at its top level; the text-only config states it too."""
+        text_config, multimodal = self.split_config(config, "config")
+        if not multimodal:
+            return copy.deepcopy(config)
+        text_config = {**copy.deepcopy(text_config), "model_type": self.text_model_type,
+                       "architectures": [self.text_model_class_name]}
+        dtype = config.get("dtype") or config.get("torch_dtype")
+        if dtype and not text_config.get("dtype"):
+            text_config["dtype"] = dtype
+        return text_config
+
+    # -- tensors --------------------------------------------------------------------------
+    def text_prefix_of(self, multimodal: bool) -> str:
+        return self.multimodal_text_prefix if multimodal else self.text_prefix
+
+    def text_relative(self, name: str, multimodal: bool) -> str | None:
+        """A text tensor's name relative to the text model, or None for other tensors."""
+        prefix = self.text_prefix_of(multimodal)
+        return name[len(prefix):] if name.startswith(prefix) else None
+
+    def text_only_name(self, name: str, multimodal: bool) -> str | None:
+        """The name of a text tensor (or the LM head) in a text-only checkpoint; None for the rest."""
+        if name.startswith(self.head_prefix):
+            return name
+        relative = self.text_relative(name, multimodal)
+        return None if relative is None else self.text_prefix + relative
+
+    def group(self, name: str, multimodal: bool) -> str:
+        """Accounting group of a stored tensor: one of `embedding_groups`' values, 'text_other'
+        (effective parameters), a component group or 'other'."""
+        relative = self.text_relative(name, multimodal)
+        if relative is None and name.startswith(self.head_prefix):
+            relative = name
+        if relative is not None:
+            for prefix, group in self.embedding_groups.items():
+                if relative.startswith(prefix):
+                    return group
+            return "text_other"
+        for group, prefixes in self.component_groups.items():
+            if name.startswith(prefixes):
+                return group
+        return "other"
+
+    def stored_unallocated(self, text_config: dict[str, Any], prefix: str,
+                           kv_consumers: list[int]) -> dict[str, tuple[int, ...]]:
+        """Tensors released checkpoints store that the transformers model does not allocate."""
+        return {}
+
+    # -- transformers ---------------------------------------------------------------------
+    def text_model(self, text_config: dict[str, Any]):
+        """transformers' causal LM for a (normalized) text config, built in the current device
+        context (callers use the meta device)."""
+        raise NotImplementedError(f"the {self.name} family has no transformers text model")
+
+    def multimodal_model(self, config: dict[str, Any]):
+        raise NotImplementedError(f"the {self.name} family has no transformers multimodal model")
+
+    def init_buffers(self, model, module) -> None:
+        """Fill the non-persistent buffers of `module` (RoPE tables and the like)."""
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make `family` known by each of its model types (a later registration replaces one)."""
+    for model_type in family.model_types:
+        _FAMILIES[model_type] = family
+    return family
+
+
+def unregister_family(family: Family) -> None:
+    for model_type in family.model_types:
+        if _FAMILIES.get(model_type) is family:
+            del _FAMILIES[model_type]
+
+
+def family_for_config(config: dict[str, Any], source: str) -> Family:
+    """The family of a parsed config.json, chosen by its model_type."""
+    model_type = config.get("model_type")
+    family = _FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        known = ", ".join(f"'{name}'" for name in sorted(_FAMILIES))
+        raise CheckpointError(f"{source}: config.json has model_type {model_type!r}; MatFormer Lab handles "
+                              f"model types {known}")
+    return family
