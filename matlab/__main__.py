@@ -1,6 +1,5 @@
-"""`python -m matlab` runs the CLI (for where the console script is not on PATH)."""
+"""`python -m matlab` runs the `matformer` command."""
 
 from matlab.cli import app
 
-if __name__ == "__main__":
-    app()
+app(prog_name="matformer")

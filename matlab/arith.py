@@ -21,7 +21,8 @@ def _tokenize(text: str) -> list[str | int]:
             tokens.append(int(number.replace("_", "")))
         elif symbol is not None and not symbol.isspace():
             if symbol not in "*+()":
-                raise ValueError(f"unexpected character {symbol!r} in {text!r}; only integers, '*', '+' and parentheses are allowed")
+                raise ValueError(f"unexpected character {symbol!r} in {text!r}; only integers, '*', '+' and "
+                                 "parentheses are allowed")
             tokens.append(symbol)
     return tokens
 

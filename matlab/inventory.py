@@ -55,7 +55,8 @@ def built_inventory(facts: ArchFacts, text_only: bool = False) -> Inventory:
             name = facts.text_prefix + name[len(built_prefix):]
         stored_dtype = dtype if tensor.is_floating_point() else TORCH_TO_SAFETENSORS[torch_name(tensor.dtype)]
         inventory[name] = StoredTensor(tuple(tensor.shape), stored_dtype)
-    for name, shape in facts.family.stored_unallocated(facts.text_config, facts.text_prefix, facts.kv_consumers).items():
+    stored_only = facts.family.stored_unallocated(facts.text_config, facts.text_prefix, facts.kv_consumers)
+    for name, shape in stored_only.items():
         inventory.setdefault(name, StoredTensor(shape, dtype))
     return inventory
 

@@ -38,8 +38,9 @@ def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: b
     lines = [f"# {config.name}: a MatFormer slice of {source.name}", ""]
     if config.description:
         lines += [config.description, ""]
-    kind = f"text-only (`{plan.facts.family.text_model_class_name}`)" if text_only or not plan.facts.is_multimodal else \
-        f"multimodal (`{plan.facts.family.multimodal_model_class_name}`), audio and vision towers unchanged"
+    family = plan.facts.family
+    kind = f"text-only (`{family.text_model_class_name}`)" if text_only or not plan.facts.is_multimodal else \
+        f"multimodal (`{family.multimodal_model_class_name}`), audio and vision towers unchanged"
     lines += [f"Made by MatFormer Lab {__version__} from `{source}`; {kind}.", "",
               f"- layers kept: {len(plan.kept_layers)} of {plan.facts.num_layers}",
               f"- layers skipped: {list(config.layers_skipped) or 'none'}",

@@ -81,7 +81,8 @@ class SliceConfig(BaseModel):
                 try:
                     run = WidthRun.model_validate(item)
                 except ValidationError as error:
-                    raise ValueError(f"entry {position} is not a {{width, count}} run: {error.errors()[0]['msg']}") from None
+                    message = error.errors()[0]["msg"]
+                    raise ValueError(f"entry {position} is not a {{width, count}} run: {message}") from None
                 expanded.extend([run.width] * run.count)
             else:
                 expanded.append(item)

@@ -85,16 +85,19 @@ def _check_base(config: SliceConfig, facts: ArchFacts, source: str) -> list[Prob
     if config.base is None or config.base == facts.name or config.base not in bundled_arch_names():
         return []
     target = facts_from_arch(config.base)
-    if (target.num_layers, target.ffn_widths, target.layer_types) == (facts.num_layers, facts.ffn_widths, facts.layer_types):
+    shape = (facts.num_layers, facts.ffn_widths, facts.layer_types)
+    if (target.num_layers, target.ffn_widths, target.layer_types) == shape:
         return []
     return [Problem(source, "base",
                     f"the config targets {config.base} ({target.num_layers} layers, FFN {max(target.ffn_widths)}) but "
-                    f"{facts.name} has {facts.num_layers} layers, FFN {max(facts.ffn_widths)}; use a config made for it")]
+                    f"{facts.name} has {facts.num_layers} layers, FFN {max(facts.ffn_widths)}; "
+                    "use a config made for it")]
 
 
 def check_slice_config(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
     """Every problem of `config` against `facts`, errors and warnings."""
-    return _check_base(config, facts, source) + _check_skips(config, facts, source) + _check_widths(config, facts, source)
+    return [*_check_base(config, facts, source), *_check_skips(config, facts, source),
+            *_check_widths(config, facts, source)]
 
 
 def check_config_files(paths: list[Path], facts: ArchFacts) -> dict[Path, list[Problem]]:

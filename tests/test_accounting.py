@@ -9,7 +9,7 @@ import torch
 
 from matlab.accounting import count_parameters
 from matlab.architecture import facts_from_arch, facts_from_checkpoint
-from matlab.inventory import inventory_from_checkpoint, inventory_from_facts
+from matlab.inventory import built_inventory, inventory_from_checkpoint, inventory_from_facts
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig, load_slice_config
 
@@ -43,6 +43,15 @@ def test_e4b_reference_figures(e4b):
     assert report.audio_params == 681_348_640 and report.vision_params == 294_126_912
     assert report.text_params == 6_835_235_568 + 31_461_120
     assert report.total_bytes == report.total_params * 2  # bf16
+
+
+def test_bundled_inventory_is_what_transformers_builds(e4b):
+    """`--arch gemma-3n-e4b` counts from an inventory shipped as data (so that it needs no timm);
+    it must be exactly what transformers' own classes build, consumer k/v included."""
+    facts, inventory = e4b
+    assert inventory == built_inventory(facts)
+    text_only = built_inventory(facts, text_only=True)  # the text model alone, no vision tower built
+    assert text_only == {name: stored for name, stored in inventory.items() if name.startswith(facts.text_prefix)}
 
 
 def test_e2b_reference_figures(e4b):

@@ -72,6 +72,6 @@ def test_slice_cli_bad_config_and_offline_hub(tiny_text, tmp_path):
 
 
 def test_configs_import_cli(tmp_path):
-    csv_path = REPO.parent / "shared" / "reference" / "gemma3n-slicing-configs.csv"
+    csv_path = REPO / "slice_configs" / "gemma-3n-e4b" / "gemma3n-slicing-configs.csv"
     result = runner.invoke(app, ["configs", "import", str(csv_path), "--out", str(tmp_path), "--base", "gemma-3n-e4b"])
     assert result.exit_code == 0 and len(list(tmp_path.glob("*.yaml"))) == 16

@@ -12,7 +12,7 @@ from matlab.errors import CsvImportError, OutputExistsError, SliceConfigError
 from matlab.slice_config import dump_slice_config, load_slice_config, parse_slice_config
 
 REPO = Path(__file__).resolve().parent.parent
-OFFICIAL_CSV = REPO.parent / "shared" / "reference" / "gemma3n-slicing-configs.csv"
+OFFICIAL_CSV = REPO / "slice_configs" / "gemma-3n-e4b" / "gemma3n-slicing-configs.csv"
 
 
 @pytest.mark.parametrize("text, value", [("2_048 * 8", 16384), ("2_048*4", 8192), ("1 + 2 * 3", 7),

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
+from matlab.core.generation import generate_ids
 from matlab.core.loading import load_model
 from matlab.core.scoring import score_continuations
 from matlab.core.submodel import select_submodel
@@ -63,8 +64,10 @@ def test_adapter_matches_core(tiny_text):
     windows = [score_continuations(submodel.model, [(ids[max(0, s + len(ids[s:s + 8]) - 9):s], ids[s:s + 8])])[0].total
                for s in range(1, len(ids), 8)]
     assert rolling == pytest.approx(sum(windows), rel=1e-5) and len(windows) > 1
-    generated = lm.generate_until([_Request("ab", {"until": ["\n"], "max_gen_toks": 5})])[0]
-    assert isinstance(generated, str) and "\n" not in generated
+    generated = lm.generate_until([_Request("ab", {"until": ["c"], "max_gen_toks": 5})])[0]
+    new_ids = generate_ids(submodel.model, tokenizer("ab").input_ids, max_new_tokens=5,
+                           eos_token_id=tokenizer.eos_token_id)
+    assert generated == tokenizer.decode(new_ids, skip_special_tokens=True).split("c")[0]
 
 
 def test_sweep_resumes_and_materialized_agrees(tiny_text, suite_file, config_dir, tmp_path):

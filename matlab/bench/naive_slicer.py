@@ -46,7 +46,7 @@ def naive_slice(source: Path, config: SliceConfig, out: Path, text_only: bool = 
     files = CheckpointFiles(source)
     for path in files.files:
         with safe_open(path, framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 spec = plan.tensor_spec(name, tuple(handle.get_slice(name).get_shape()), text_only=text_only)
                 if spec is None:
                     continue

@@ -3,40 +3,13 @@ baseline and the copy floor, each run in its own process on the same input and c
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from matlab.bench.process import BenchError, drop_page_cache, run_measured
 from matlab.io.reader import CheckpointFiles, RangeReader
-
-_RUNNER = """
-import json, sys
-from pathlib import Path
-from matlab.slice_config import load_slice_config
-method, source, config, out, text_only = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5] == "1"
-if method == "ours":
-    from matlab.slicer import slice_checkpoint
-    result = slice_checkpoint(source, load_slice_config(config), out, text_only=text_only)
-    print(json.dumps({"read": result.bytes_read, "written": result.bytes_written}))
-elif method == "naive":
-    from matlab.bench.naive_slicer import naive_slice
-    loaded = naive_slice(source, load_slice_config(config), out, text_only=text_only)
-    print(json.dumps({"read": loaded, "written": sum(p.stat().st_size for p in out.glob("*.safetensors"))}))
-else:  # copy floor: copy the bytes of an already sliced output
-    import shutil
-    out.mkdir()
-    total = 0
-    for path in sorted(source.glob("*.safetensors")):
-        shutil.copyfile(path, out / path.name)
-        total += path.stat().st_size
-    print(json.dumps({"read": total, "written": total}))
-"""
 
 
 @dataclass(frozen=True)
@@ -48,36 +21,11 @@ class Measurement:
     bytes_written: int
 
 
-def drop_page_cache(directory: Path) -> None:
-    """Ask the kernel to forget cached pages of a directory's files (a cold-cache run)."""
-    os.sync()  # dirty pages cannot be dropped
-    for path in directory.glob("*"):
-        if path.is_file():
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(descriptor)
-
-
-def run_measured(runner: str, args: list[str]) -> tuple[dict, float, int]:
-    """Run a runner script in a fresh process: (the JSON of its last output line, wall seconds,
-    peak RSS bytes of that process)."""
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", runner, *args], stdout=subprocess.PIPE, text=True)
-    stdout = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"benchmark process {args[:1]} failed with status {status}")
-    return json.loads(stdout.strip().splitlines()[-1]), seconds, usage.ru_maxrss * 1024
-
-
 def _measure(method: str, source: Path, config: Path, out: Path, text_only: bool) -> Measurement:
     shutil.rmtree(out, ignore_errors=True)
     drop_page_cache(source)
-    moved, seconds, rss = run_measured(_RUNNER, [method, str(source), str(config), str(out),
-                                                 "1" if text_only else "0"])
+    moved, seconds, rss = run_measured("matlab.bench.run_slice", [method, str(source), str(config), str(out),
+                                                                  *(["--text-only"] if text_only else [])])
     return Measurement(method, seconds, rss, moved["read"], moved["written"])
 
 
@@ -85,11 +33,11 @@ def verify_same_tensors(first: Path, second: Path, chunk_rows: int = 4096) -> in
     """Compare two checkpoints tensor by tensor (bounded memory); returns tensors compared."""
     a, b = CheckpointFiles(first).tensors, CheckpointFiles(second).tensors
     if set(a) != set(b):
-        raise AssertionError(f"tensor names differ: {sorted(set(a) ^ set(b))[:5]}")
+        raise BenchError(f"tensor names differ: {sorted(set(a) ^ set(b))[:5]}")
     with RangeReader() as reader_a, RangeReader() as reader_b:
         for name in a:
             if a[name].shape != b[name].shape:
-                raise AssertionError(f"{name}: shapes {a[name].shape} and {b[name].shape} differ")
+                raise BenchError(f"{name}: shapes {a[name].shape} and {b[name].shape} differ")
             rows = a[name].shape[0] if a[name].shape else 1
             for start in range(0, rows, chunk_rows):
                 stop = min(rows, start + chunk_rows)
@@ -99,7 +47,7 @@ def verify_same_tensors(first: Path, second: Path, chunk_rows: int = 4096) -> in
                     left = reader_a.read(a[name].file, a[name].offset, a[name].nbytes)
                     right = reader_b.read(b[name].file, b[name].offset, b[name].nbytes)
                 if not (left == right).all():
-                    raise AssertionError(f"{name}: values differ in rows {start}..{stop}")
+                    raise BenchError(f"{name}: values differ in rows {start}..{stop}")
     return len(a)
 
 

@@ -45,7 +45,8 @@ def bench_slice_command(checkpoint: Annotated[Path, typer.Option("--checkpoint",
 
 @bench_app.command("sweep")
 def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")],
-                        configs: Annotated[list[str], typer.Option("--configs", help="Config files, folders or a bundled set.")],
+                        configs: Annotated[list[str], typer.Option(
+                            "--configs", help="Config files, folders or a bundled set.")],
                         suite: SuiteOpt, limit: LimitOpt = None,
                         work_dir: Annotated[Path, typer.Option(help="Scratch space for the two runs.")] = Path(
                             "bench-work"),
@@ -60,7 +61,8 @@ def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", 
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table("mode", "sweep seconds", "peak RSS (MiB)", title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
+    table = Table("mode", "sweep seconds", "peak RSS (MiB)",
+                  title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
     for mode, numbers in result["modes"].items():
         table.add_row(mode, f"{numbers['sweep_seconds']:.1f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}")
     console.print(table)
@@ -101,7 +103,8 @@ def bench_switch_command(checkpoint: Annotated[Path, typer.Option("--checkpoint"
 
 @bench_app.command("nano-capacity")
 def bench_nano_capacity_command(
-        people: Annotated[int, typer.Option(min=2, max=4096, help="People in the synthetic world (4 facts each).")] = 256,
+        people: Annotated[int, typer.Option(min=2, max=4096, help="People in the synthetic world (4 facts each).")
+                          ] = 256,
         steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
         every: Annotated[int, typer.Option(min=1, help="Score the fact questions every this many steps.")] = 250,
         fact_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training sentences that are facts.")
@@ -124,7 +127,8 @@ def bench_nano_capacity_command(
     if threads:
         torch.set_num_threads(threads)
     command = shlex.join(["matformer", "bench", "nano-capacity", "--people", str(people), "--steps", str(steps),
-                          "--every", str(every), "--fact-share", str(fact_share), "--ffn", str(ffn), "--seed", str(seed),
+                          "--every", str(every), "--fact-share", str(fact_share), "--ffn", str(ffn),
+                          "--seed", str(seed),
                           *(["--frozen-names"] if frozen_names else [])])
     settings = TrainSettings(steps=steps, seed=seed, people=people, fact_share=fact_share, frozen_names=frozen_names,
                              ffn=ffn, device=device)
@@ -136,7 +140,8 @@ def bench_nano_capacity_command(
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table("step", *MEASURED, "E4B - E2B", title=f"fact accuracy, {people} people (chance {result['chance']:.3f})")
+    table = Table("step", *MEASURED, "E4B - E2B",
+                  title=f"fact accuracy, {people} people (chance {result['chance']:.3f})")
     for point in result["points"]:
         table.add_row(str(point["step"]), *(f"{point[stem]:.3f}" for stem in MEASURED),
                       f"{point['nano-e4b'] - point['nano-e2b']:+.3f}")

@@ -30,7 +30,7 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
-SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.yaml) or a bundled suite's name (nano).")]
+SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.yaml) or a bundled suite (nano).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 
 

@@ -106,7 +106,8 @@ def params(checkpoint: CheckpointOpt = None, arch: ArchOpt = None,
 def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory or hub id.")],
                   config: Annotated[Path, typer.Option("--config", help="Slice config YAML.")],
                   out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-                  text_only: Annotated[bool, typer.Option(help="Drop audio/vision; write a text-only checkpoint.")] = False,
+                  text_only: Annotated[bool, typer.Option(help="Drop audio/vision; write a text-only checkpoint.")
+                                       ] = False,
                   max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
                   verify_all: Annotated[bool, typer.Option(
                       help="Compare every byte of the output with the source before publishing it "
@@ -134,7 +135,8 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
 
 def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
           arch: ArchOpt = None,
-          like: Annotated[Optional[str], typer.Option("--like", help="Copy the architecture of this checkpoint.")] = None,
+          like: Annotated[Optional[str], typer.Option("--like", help="Copy the architecture of this checkpoint.")
+                          ] = None,
           text_only: Annotated[bool, typer.Option(help="Write a text-only checkpoint.")] = False,
           seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
           max_shard_size: Annotated[str, typer.Option(help="Largest shard, e.g. 5GB.")] = "5GB",

@@ -49,7 +49,8 @@ def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, parameter: bool
     owner_name, _, attribute = name.rpartition(".")
     owner = root.get_submodule(owner_name)
     if parameter:
-        owner._parameters[attribute] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
+        owner._parameters[attribute] = value if isinstance(value, nn.Parameter) else \
+            nn.Parameter(value, requires_grad=False)
     else:
         owner._buffers[attribute] = value
 

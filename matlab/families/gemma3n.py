@@ -78,7 +78,7 @@ class Gemma3nFamily(Family):
         except ImportError as error:
             raise CheckpointError(f"building the multimodal Gemma 3n needs timm for its vision tower "
                                   f"(pip install 'matformer-lab[vision]'), or work on the text model with "
-                                  f"--text-only ({error})") from None
+                                  f"--text-only ({str(error).strip().splitlines()[0]})") from None
 
     def init_buffers(self, model, module) -> None:
         # Called on the inner text model: its `_init_weights` reads `self.hidden_size`; on meta

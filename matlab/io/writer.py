@@ -107,14 +107,14 @@ class ShardedWriter:
         if shard_index != self._open_shard:
             self._close_handle()
             # Unbuffered, so that kernel-side copies (copy_range) and writes share one file offset.
-            self._handle = open(self.directory / self.shard_names[shard_index], "wb", buffering=0)
+            self._handle = open(self.directory / self.shard_names[shard_index], "wb", buffering=0)  # noqa: SIM115
             self._handle.write(_header_bytes(self.shards[shard_index]))
             self._open_shard = shard_index
         self._remaining = tensor.nbytes
 
     def write(self, data: bytes | memoryview) -> None:
         if len(data) > self._remaining:
-            raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {len(data) - self._remaining} bytes too many")
+            raise RuntimeError(f"tensor {self._current_name} got {len(data) - self._remaining} bytes too many")
         self._write_all(data)
         self._remaining -= len(data)
         self.bytes_written += len(data)
@@ -124,7 +124,7 @@ class ShardedWriter:
         (`os.copy_file_range`: no user-space buffer at all) where the platform and the two
         filesystems allow it, else read with pread and written (one buffer of `length`)."""
         if length > self._remaining:
-            raise RuntimeError(f"tensor {self._queue[self._position][1].name} got {length - self._remaining} bytes too many")
+            raise RuntimeError(f"tensor {self._current_name} got {length - self._remaining} bytes too many")
         done = 0
         while done < length and self._kernel_copy:
             try:
@@ -153,6 +153,10 @@ class ShardedWriter:
         weight_map = {tensor.name: self.shard_names[i] for i, shard in enumerate(self.shards) for tensor in shard}
         index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
         (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+    @property
+    def _current_name(self) -> str:
+        return self._queue[self._position][1].name
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
