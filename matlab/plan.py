@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from matlab.architecture import ArchFacts, facts_from_config
-from matlab.errors import CheckpointError
+from matlab.errors import CheckpointError, SliceConfigError
 from matlab.runs import merge_ranges
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem, require_valid
@@ -101,9 +101,14 @@ class SlicePlan:
         config = {**self.sliced_text_config(), "model_type": self.facts.family.text_model_type}
         return facts_from_config(config, f"{self.facts.name}[{self.config.name}]")
 
-    def sliced_config(self, text_only: bool) -> dict[str, Any]:
-        """The whole config.json of the output checkpoint."""
+    def sliced_config(self, text_only: bool, scalar_width: bool = False) -> dict[str, Any]:
+        """The whole config.json of the output checkpoint. `scalar_width`: state a uniform FFN
+        width as one number (Ollama's converter reads no list)."""
         text_config = self.sliced_text_config()
+        if scalar_width:
+            if len(set(self.ffn_widths)) != 1:
+                raise SliceConfigError(f"{self.config.name}: a scalar FFN width needs one width in every kept layer")
+            text_config[self.facts.family.ffn_widths_key] = self.ffn_widths[0]
         if not self.facts.is_multimodal:
             return text_config
         config = copy.deepcopy(self.facts.config)

@@ -25,6 +25,7 @@ from matlab.io.writer import OutputTensor, ShardedWriter
 from matlab.model_card import write_card_and_provenance
 from matlab.plan import SlicePlan, TensorSpec
 from matlab.progress import NO_PROGRESS, Progress
+from matlab.runtimes import require_runtime
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem
 
@@ -138,12 +139,16 @@ def verify_output(directory: Path, work: list[tuple[TensorInfo, TensorSpec]], ve
 def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *, config_source: str = "config",
                      text_only: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES, command: str | None = None,
-                     verify_all: bool = False, progress: Progress = NO_PROGRESS) -> SliceResult:
+                     verify_all: bool = False, runtime: str | None = None,
+                     progress: Progress = NO_PROGRESS) -> SliceResult:
     """Write the submodel `config` of the checkpoint at `source` to `out`, read it back
-    (`verify_output`) and only then make it visible. `progress` counts bytes written."""
+    (`verify_output`) and only then make it visible. With `runtime`, the config must satisfy that
+    runtime's rules (`matlab.runtimes`), and the config is written the way it reads it.
+    `progress` counts bytes written."""
     source, out = Path(source), Path(out)
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
+    require_runtime(plan, runtime, config_source)
     files = CheckpointFiles(source)
     work = plan_tensors(files, plan, text_only)
     outputs = [OutputTensor(spec.target, info.dtype, spec.shape) for info, spec in work]
@@ -158,8 +163,8 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
             bytes_read = reader.bytes_read
             writer.close()
         verified = verify_output(temporary, work, verify_all, chunk_bytes)
-        (temporary / "config.json").write_text(json.dumps(plan.sliced_config(text_only), indent=2) + "\n",
-                                               encoding="utf-8")
+        config_json = plan.sliced_config(text_only, scalar_width=runtime == "ollama")
+        (temporary / "config.json").write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         for name in TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES):
             if (source / name).is_file():
                 shutil.copy2(source / name, temporary / name)

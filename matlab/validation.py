@@ -100,8 +100,14 @@ def check_slice_config(config: SliceConfig, facts: ArchFacts, source: str) -> li
             *_check_widths(config, facts, source)]
 
 
-def check_config_files(paths: list[Path], facts: ArchFacts) -> dict[Path, list[Problem]]:
-    """Load and check each file; a file that does not parse yields one problem naming it."""
+def check_config_files(paths: list[Path], facts: ArchFacts, runtime: str | None = None) -> dict[Path, list[Problem]]:
+    """Load and check each file; a file that does not parse yields one problem naming it. With
+    `runtime`, a config that is otherwise valid is also checked against that runtime's rules."""
+    from matlab.plan import SlicePlan  # the plan validates with this module
+    from matlab.runtimes import check_runtime, runtime_problems
+
+    if runtime:
+        check_runtime(runtime)
     report: dict[Path, list[Problem]] = {}
     for path in paths:
         try:
@@ -109,7 +115,10 @@ def check_config_files(paths: list[Path], facts: ArchFacts) -> dict[Path, list[P
         except SliceConfigError as error:
             report[path] = [Problem(str(path), "file", str(error).removeprefix(f"{path}: "))]
             continue
-        report[path] = check_slice_config(config, facts, str(path))
+        problems = check_slice_config(config, facts, str(path))
+        if runtime and not any(problem.severity == "error" for problem in problems):
+            problems += runtime_problems(SlicePlan.build(config, facts, str(path)), runtime, str(path))
+        report[path] = problems
     return report
 
 

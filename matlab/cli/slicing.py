@@ -27,6 +27,10 @@ from matlab.cli.common import (
     warn_line,
 )
 
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    "--runtime", help="transformers, vllm, mlx-lm, mlx-vlm, llama.cpp or ollama: also check the config against its "
+                      "assumptions (slice: and write the config as it reads it).")]
+
 configs_app = typer.Typer(help="Slice config files.", no_args_is_help=True)
 
 
@@ -45,13 +49,14 @@ def configs_import(csv_path: Annotated[Path, typer.Argument(help="Google's slici
 
 
 def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YAML files.")],
-             checkpoint: CheckpointOpt = None, arch: ArchOpt = None) -> None:
-    """Check slice configs against an architecture; report every problem, exit 1 if any is an error."""
+             checkpoint: CheckpointOpt = None, arch: ArchOpt = None, runtime: RuntimeOpt = None) -> None:
+    """Check slice configs against an architecture (and a runtime's assumptions); report every
+    problem, exit 1 if any is an error."""
     from matlab.validation import check_config_files
 
     with reported_errors():
         facts, _ = facts_of(checkpoint, arch)
-        report = check_config_files(configs, facts)
+        report = check_config_files(configs, facts, runtime)
     failed = 0
     for path, problems in report.items():
         bad = [problem for problem in problems if problem.severity == "error"]
@@ -112,7 +117,7 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
                   verify_all: Annotated[bool, typer.Option(
                       help="Compare every byte of the output with the source before publishing it "
                            "(default: the first, middle and last row of every tensor).")] = False,
-                  force: ForceOpt = False) -> None:
+                  runtime: RuntimeOpt = None, force: ForceOpt = False) -> None:
     """Write a sliced checkpoint with bounded memory; the output appears only when complete and read back."""
     from matlab.resolve import resolve_checkpoint
     from matlab.slice_config import load_slice_config
@@ -120,12 +125,13 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
 
     shard_bytes = parse_size_option(max_shard_size, "--max-shard-size")
     command = shlex.join(["matformer", "slice", checkpoint, "--config", str(config), "--out", str(out),
-                          *(["--text-only"] if text_only else []), "--max-shard-size", max_shard_size])
+                          *(["--text-only"] if text_only else []), "--max-shard-size", max_shard_size,
+                          *(["--runtime", runtime] if runtime else [])])
     with reported_errors(), RichProgress("bytes") as progress:
         result = slice_checkpoint(
             resolve_checkpoint(checkpoint), load_slice_config(config), out, config_source=str(config),
             text_only=text_only, max_shard_bytes=shard_bytes, force=force, command=command, verify_all=verify_all,
-            progress=progress)
+            runtime=runtime, progress=progress)
     for warning in result.warnings:
         warn_line(str(warning))
     say(f"wrote {result.out}: {len(result.plan.kept_layers)} layers, {result.tensors_written} tensors in "

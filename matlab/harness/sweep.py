@@ -30,6 +30,7 @@ from matlab.inventory import inventory_from_checkpoint
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
+from matlab.runtimes import runs_in
 from matlab.slice_config import SliceConfig, load_slice_config
 from matlab.slicer import slice_checkpoint
 
@@ -82,14 +83,14 @@ def _peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _rows(submodel: Submodel, path: Path, config: SliceConfig, key: str, settings: SweepSettings, accounting,
-          directory: Path, seconds_start: float) -> list[dict]:
+def _rows(submodel: Submodel, path: Path, config: SliceConfig, plan: SlicePlan, settings: SweepSettings,
+          accounting, directory: Path, seconds_start: float) -> list[dict]:
     latency = measure_latency(submodel.model, settings.latency_prompt_tokens, settings.latency_decode_tokens,
                               settings.latency_runs, seed=settings.seed)
     scores = evaluate_submodel(submodel, settings.suite, limit=settings.limit, seed=settings.seed)
     reference = config.reference
     common = {
-        "config": config.name, "config_file": str(path), "submodel_id": key,
+        "config": config.name, "config_file": str(path), "submodel_id": plan.submodel_id, "runs_in": runs_in(plan),
         "layers_skipped": list(config.layers_skipped), "ffn_widths": list(submodel.plan.ffn_widths),
         "kept_layers": len(submodel.plan.kept_layers),
         "effective_params": accounting.effective_params, "ple_params": accounting.ple_params,
@@ -140,12 +141,12 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
             target = run_dir / "materialized" / key
             slice_checkpoint(directory, config, target, config_source=str(path), text_only=True, force=True)
             submodel = select_submodel(load_model(target, device=settings.device, dtype=settings.dtype), None)
-            rows = _rows(submodel, path, config, key, settings, accounting, directory, started)
+            rows = _rows(submodel, path, config, plan, settings, accounting, directory, started)
             shutil.rmtree(target, ignore_errors=True)
         else:
             loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
             submodel = select_submodel(loaded, config, str(path))
-            rows = _rows(submodel, path, config, key, settings, accounting, directory, started)
+            rows = _rows(submodel, path, config, plan, settings, accounting, directory, started)
         record_config(run_dir, key, rows)
         evaluated.append(key)
         progress.advance()
