@@ -41,6 +41,8 @@ class Reference(BaseModel):
     effective_params_b: float | None = None
     mmlu_pt_accuracy: float | None = None
     notes: str | None = None
+    # Figures the producing tool measured (a search: cost and objective), by name.
+    measured: dict[str, float] | None = None
 
 
 class SliceConfig(BaseModel):

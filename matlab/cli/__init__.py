@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import typer
 
-from matlab.cli import bench, evaluation, running, slicing
+from matlab.cli import bench, evaluation, running, search, slicing
 
 app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 slicing.register(app)
 running.register(app)
 evaluation.register(app)
+search.register(app)
 app.add_typer(bench.bench_app, name="bench")
 
 __all__ = ["app"]

@@ -65,17 +65,20 @@ def reported_errors() -> Iterator[None]:
 
 @contextmanager
 def quiet_evaluation() -> Iterator[None]:
-    """While lm-evaluation-harness runs under a rich progress display: no tqdm bars of its own
-    (they would tear through the display) and only its errors logged. Restored afterwards."""
+    """While lm-evaluation-harness (or optuna) runs under a rich progress display: no tqdm bars
+    of their own (they would tear through the display) and only their errors logged. Restored
+    afterwards."""
     previous_tqdm = os.environ.get("TQDM_DISABLE")
-    logger = logging.getLogger("lm_eval")
-    previous_level = logger.level
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "optuna")]
+    previous_levels = [logger.level for logger in loggers]
     os.environ["TQDM_DISABLE"] = "1"
-    logger.setLevel(logging.ERROR)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(previous_level)
+        for logger, level in zip(loggers, previous_levels):
+            logger.setLevel(level)
         if previous_tqdm is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
@@ -123,7 +126,7 @@ class RichProgress(Progress):
 
 
 def parse_size_option(text: str, option: str) -> int:
-    from matlab.io.writer import parse_size
+    from matlab.sizes import parse_size
 
     try:
         return parse_size(text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +18,6 @@ from typing import BinaryIO
 
 from matlab.dtypes import SAFETENSORS_SIZES
 from matlab.io.reader import INDEX_NAME
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as `5GB`, `500MB` or `2GiB`."""
-    match = _SIZE.match(text)
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ValueError(f"cannot read size {text!r}; write it like 5GB, 500MB or 2GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 # copy_file_range errors that mean "not between these files": fall back to pread and write.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}

@@ -126,3 +126,13 @@ def arithmetic_questions(count: int = 200, seed: int = 2) -> list[dict]:
 def heldout_text(world: World, documents: int = 60, seed: int = 3) -> list[dict]:
     generator = random.Random(10_000 + seed)
     return [{"text": document(world, generator)} for _ in range(documents)]
+
+
+# The search's default calibration text for nano: documents drawn like the held-out ones but
+# from a generator neither training (seeds 0..), the evaluation sets (1, 2) nor the held-out
+# text (3) uses.
+CALIBRATION_SEED = 4
+
+
+def calibration_text(world: World, documents: int = 40) -> list[str]:
+    return [row["text"] for row in heldout_text(world, documents, seed=CALIBRATION_SEED)]

@@ -1,0 +1,106 @@
+"""The search command: the best slices under a size budget, for a runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from matlab.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    LimitOpt,
+    RichProgress,
+    console,
+    quiet_evaluation,
+    reported_errors,
+    say,
+    usage_error,
+    warn_line,
+)
+
+
+def _parse(text: str | None, option: str, parser):
+    if text is None:
+        return None
+    try:
+        return parser(text)
+    except ValueError as error:
+        raise usage_error(f"{option}: {error}") from None
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"cannot read {text!r}; write widths separated by commas, like 8192,16384") from None
+    if not widths:
+        raise ValueError("give at least one width")
+    return widths
+
+
+def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory, hub id or 'nano'.")],
+           out: Annotated[Path, typer.Option("--out", help="Run directory (resumable).")],
+           max_params: Annotated[Optional[str], typer.Option(
+               help="Budget in effective parameters: 2.5B, 900M, 2_000_000.")] = None,
+           max_bytes: Annotated[Optional[str], typer.Option(
+               help="Budget in deployed weight bytes at --dtype: 3GB, 2.5GiB.")] = None,
+           runtime: Annotated[Optional[str], typer.Option(
+               help="Only slices this runtime loads: transformers, vllm, mlx-lm, mlx-vlm, llama.cpp, ollama.")] = None,
+           objective: Annotated[str, typer.Option(
+               help="kl (to the full model's next-token distribution) or perplexity.")] = "kl",
+           calibration: Annotated[Optional[Path], typer.Option(
+               help="Text or JSONL ('text' per line) to measure on; required except for nano.")] = None,
+           widths: Annotated[Optional[str], typer.Option(
+               help="Allowed FFN widths, comma-separated (default: the trained ones).")] = None,
+           max_evals: Annotated[int, typer.Option(min=1, help="Distinct candidates to evaluate.")] = 200,
+           seed: Annotated[int, typer.Option(help="Seed of the evolutionary phase.")] = 0,
+           calibration_tokens: Annotated[int, typer.Option(min=16, help="Calibration tokens used.")] = 2048,
+           window: Annotated[int, typer.Option(min=8, help="Tokens per calibration window.")] = 256,
+           top_k: Annotated[int, typer.Option(min=1, help="Full-model tokens kept per position for kl.")] = 256,
+           confirm_suite: Annotated[Optional[str], typer.Option(
+               help="Evaluate the frontier on this suite afterwards (DIR/confirm, a sweep run).")] = None,
+           limit: LimitOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+           as_json: JsonOpt = False) -> None:
+    """Find the Pareto set of slices (cost against objective) under a budget; a killed search resumes."""
+    from matlab.bundled import resolve_suite
+    from matlab.search.run import SearchSettings, run_search
+    from matlab.sizes import parse_count, parse_size
+
+    settings = SearchSettings(
+        checkpoint, out, max_params=_parse(max_params, "--max-params", parse_count),
+        max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
+        calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
+        device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
+        confirm_limit=limit)
+    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+        if confirm_suite is not None:
+            settings = SearchSettings(**{**settings.__dict__, "confirm_suite": resolve_suite(confirm_suite)})
+        result = run_search(settings, progress=progress)
+    for warning in result.warnings:
+        warn_line(warning)
+    summary = result.summary
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    table = Table("frontier config", "effective params", "weight bytes", summary["objective"], "runs in",
+                  title=escape(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
+                               f"{summary['feasible']} within budget"))
+    for entry in summary["frontier"]:
+        table.add_row(escape(entry["file"]), f"{entry['effective_params']:,}", f"{entry['weight_bytes']:,}",
+                      f"{entry['value']:.4g}", ", ".join(entry["runs_in"]))
+    console.print(table)
+    timing = summary["timing"]
+    say(f"{timing['candidates_per_minute']:.0f} candidates/minute "
+        f"(build {timing['build_seconds_per_candidate']:.3f} s, "
+        f"evaluate {timing['evaluate_seconds_per_candidate']:.3f} s each); best: {summary['best']['file']}; "
+        f"results in {result.directory}" + (f"; confirmed in {result.confirm}" if result.confirm else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(search)

@@ -1,0 +1,228 @@
+"""`matformer search`: the whole search, from arguments to the run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matlab import __version__
+from matlab.architecture import facts_from_checkpoint
+from matlab.core.elastic import build_submodel
+from matlab.core.loading import load_model
+from matlab.errors import InputError
+from matlab.harness.pareto import pareto_front
+from matlab.inventory import inventory_from_checkpoint
+from matlab.model_card import checkpoint_identity
+from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
+from matlab.resolve import EMBEDDED, resolve_checkpoint
+from matlab.runtimes import check_runtime, runs_in
+from matlab.search.algorithm import Evaluator, run_algorithm
+from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, check_directory
+from matlab.search.objective import (
+    OBJECTIVES,
+    Calibration,
+    kl_to_reference,
+    make_calibration,
+    perplexity_of,
+    read_calibration,
+    reference_distributions,
+)
+from matlab.search.space import Budget, Candidate, SearchSpace
+from matlab.slice_config import Reference, dump_slice_config
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    checkpoint: str
+    out: Path
+    max_params: int | None = None
+    max_bytes: int | None = None
+    runtime: str | None = None
+    objective: str = "kl"
+    calibration: Path | None = None
+    widths: tuple[int, ...] | None = None
+    max_evals: int = 200
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    calibration_tokens: int = 2048
+    window: int = 256
+    top_k: int = 256
+    confirm_suite: Path | None = None
+    confirm_limit: int | None = None
+
+
+@dataclass
+class SearchResult:
+    directory: Path
+    summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    confirm: Path | None = None
+
+
+def _check_arguments(settings: SearchSettings) -> None:
+    if settings.max_params is None and settings.max_bytes is None:
+        raise InputError("give a budget: --max-params (effective parameters) and/or --max-bytes (weight bytes)")
+    for option, value in (("--max-params", settings.max_params), ("--max-bytes", settings.max_bytes)):
+        if value is not None and value <= 0:
+            raise InputError(f"{option}: the budget must be positive")
+    if settings.objective not in OBJECTIVES:
+        raise InputError(f"--objective {settings.objective}: choose one of {', '.join(OBJECTIVES)}")
+    if settings.runtime:
+        check_runtime(settings.runtime)
+    if settings.max_evals < 1:
+        raise InputError("--max-evals: at least 1")
+
+
+def _calibration_texts(settings: SearchSettings) -> tuple[list[str], str]:
+    if settings.calibration is not None:
+        return read_calibration(settings.calibration), str(settings.calibration)
+    if settings.checkpoint in EMBEDDED:
+        from matlab.nano.world import CALIBRATION_SEED, calibration_text, make_world
+
+        return calibration_text(make_world()), f"nano-world calibration text (seed {CALIBRATION_SEED})"
+    raise InputError(f"--calibration: {settings.checkpoint} is not the embedded nano model; give a text or JSONL "
+                     "file of text like the model's use (a few thousand tokens)")
+
+
+def _format_count(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
+def _record(candidate: Candidate, objective: str, value: float, phase: str, order: int, build: float,
+            seconds: float) -> dict[str, Any]:
+    return {"order": order, "phase": phase, "submodel_id": candidate.submodel_id,
+            "layers_skipped": list(candidate.layers_skipped), "ffn_widths": list(candidate.ffn_widths),
+            "kept_layers": len(candidate.ffn_widths), "effective_params": candidate.effective_params,
+            "weight_bytes": candidate.weight_bytes, "objective": objective, "value": value,
+            "build_seconds": round(build, 4), "evaluate_seconds": round(seconds, 4)}
+
+
+def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> SearchResult:
+    """Search, write the run directory, and (with `confirm_suite`) confirm the frontier with a sweep."""
+    _check_arguments(settings)
+    directory = resolve_checkpoint(settings.checkpoint)
+    facts = facts_from_checkpoint(directory)
+    texts, calibration_source = _calibration_texts(settings)
+    suite = None
+    if settings.confirm_suite is not None:
+        from matlab.harness.suite import load_suite
+
+        suite = load_suite(settings.confirm_suite)
+    budget = Budget(settings.max_params, settings.max_bytes)
+    identity = {"checkpoint": checkpoint_identity(directory), "max_params": settings.max_params,
+                "max_bytes": settings.max_bytes, "runtime": settings.runtime, "objective": settings.objective,
+                "calibration": calibration_source, "calibration_tokens": settings.calibration_tokens,
+                "window": settings.window, "top_k": settings.top_k, "widths": settings.widths, "seed": settings.seed,
+                "device": settings.device, "dtype": settings.dtype}
+    check_directory(settings.out, identity)
+    loaded = load_model(directory, device=settings.device, dtype=settings.dtype)
+    space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
+    if settings.runtime:
+        space.check_runtime_can_load_base()
+    smallest = space.smallest()
+    if not smallest.valid or budget.excess(smallest) > 0:
+        raise InputError(f"the budget is below the smallest valid submodel ({_format_count(smallest.effective_params)} "
+                         f"effective parameters, {smallest.weight_bytes:,} weight bytes at {settings.dtype}); "
+                         "raise --max-params/--max-bytes")
+    calibration = make_calibration(loaded.tokenizer, texts, calibration_source, settings.window,
+                                   settings.calibration_tokens)
+
+    arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
+    journal = Journal(settings.out, identity, arguments)
+    started = time.perf_counter()
+    reference = reference_distributions(loaded.model, calibration, settings.top_k) \
+        if settings.objective == "kl" else None
+    reference_seconds = time.perf_counter() - started
+    progress.start(settings.max_evals, description="search")
+    timing = {"new": 0, "build": 0.0, "evaluate": 0.0}
+    best: list[float] = []
+
+    def measure(candidate: Candidate, phase: str) -> float:
+        cached = journal.by_id.get(candidate.submodel_id)
+        if cached is not None:
+            value = cached["value"]
+        else:
+            value = _evaluate(candidate, phase, space, loaded, calibration, reference, settings, journal, timing)
+        if budget.excess(candidate) <= 0 and (not best or value < best[0]):
+            best[:] = [value]
+        progress.advance()
+        if best:
+            progress.describe(f"search: best {settings.objective} under budget {best[0]:.4g}")
+        return value
+
+    evaluator = Evaluator(measure, settings.max_evals)
+    run_algorithm(space, budget, evaluator, settings.seed)
+    summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
+                      time.perf_counter() - started)
+    result = SearchResult(settings.out, summary, space.width_warnings())
+    if suite is not None:
+        from matlab.harness.sweep import SweepSettings, run_sweep
+
+        frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
+        run_sweep(directory, frontier, settings.out / CONFIRM_DIR,
+                  SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
+                  progress=progress)
+        result.confirm = settings.out / CONFIRM_DIR
+    return result
+
+
+def _evaluate(candidate: Candidate, phase: str, space: SearchSpace, loaded, calibration: Calibration, reference,
+              settings: SearchSettings, journal: Journal, timing: dict) -> float:
+    started = time.perf_counter()
+    submodel = build_submodel(loaded.model, space.text_plan(candidate.config()))
+    built = time.perf_counter()
+    value = kl_to_reference(submodel, calibration, reference) if reference is not None \
+        else perplexity_of(submodel, calibration)
+    finished = time.perf_counter()
+    timing["new"] += 1
+    timing["build"] += built - started
+    timing["evaluate"] += finished - built
+    journal.record(_record(candidate, settings.objective, value, phase, len(journal.records), built - started,
+                           finished - built))
+    return value
+
+
+def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
+            reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> dict[str, Any]:
+    """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
+    feasible = [record for record in journal.records if record["submodel_id"] in evaluator.values
+                and budget.excess(space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]))) <= 0]
+    cost_key = "effective_params" if settings.max_params else "weight_bytes"
+    front = [feasible[i] for i in pareto_front([r[cost_key] for r in feasible], [r["value"] for r in feasible],
+                                               higher_is_better=False)]
+    files, entries = {}, []
+    for rank, record in enumerate(front):
+        candidate = space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]))
+        name = f"found-{_format_count(record['effective_params'])}"
+        plan = SlicePlan.build(candidate.config(name), space.facts, name)
+        measured = {"effective_params": record["effective_params"], "weight_bytes": record["weight_bytes"],
+                    settings.objective: record["value"]}
+        config = candidate.config(
+            name, base=Path(settings.checkpoint).name,
+            description=f"Found by matformer search: {settings.objective} {record['value']:.4g} on "
+                        f"{calibration.source}, {calibration.tokens} tokens.",
+            reference=Reference(source="matformer search", name=record["submodel_id"], measured=measured,
+                                notes=f"runs in {', '.join(runs_in(plan))}; weight bytes at {settings.dtype}"))
+        file = f"{rank:02d}-{record['submodel_id']}.yaml"
+        files[file] = dump_slice_config(config)
+        entries.append({"file": f"{FRONTIER_DIR}/{file}", "name": name, **{k: record[k] for k in (
+            "submodel_id", "layers_skipped", "ffn_widths", "effective_params", "weight_bytes", "value")},
+            "runs_in": runs_in(plan)})
+    journal.write_frontier(files)
+    new = max(timing["new"], 1)
+    summary = journal.write_summary({
+        "status": "complete", "version": __version__, "seed": settings.seed, "objective": settings.objective,
+        "budget": {"max_params": settings.max_params, "max_bytes": settings.max_bytes, "cost": cost_key},
+        "evaluated": len(evaluator.values), "evaluated_now": timing["new"], "feasible": len(feasible),
+        "best": min(entries, key=lambda entry: entry["value"]) if entries else None, "frontier": entries,
+        "timing": {"seconds": round(seconds, 2), "reference_seconds": round(reference_seconds, 3),
+                   "build_seconds_per_candidate": round(timing["build"] / new, 4),
+                   "evaluate_seconds_per_candidate": round(timing["evaluate"] / new, 4),
+                   "candidates_per_minute": round(60 * timing["new"] / max(timing["build"] + timing["evaluate"],
+                                                                           1e-9), 1),
+                   "calibration_tokens": calibration.tokens}})
+    return summary
