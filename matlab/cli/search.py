@@ -17,6 +17,7 @@ from matlab.cli.common import (
     LimitOpt,
     RichProgress,
     console,
+    fail_line,
     quiet_evaluation,
     reported_errors,
     say,
@@ -87,6 +88,11 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
     summary = result.summary
     if as_json:
         console.print_json(json.dumps(summary))
+    if summary["best"] is None:
+        fail_line(f"no candidate within the budget was evaluated in {summary['evaluated']} evaluations (the first "
+                  "go to the full model and one-step moves from it); run again with a larger --max-evals to go on")
+        raise typer.Exit(1)
+    if as_json:
         return
     table = Table("frontier config", "effective params", "weight bytes", summary["objective"], "runs in",
                   title=escape(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
