@@ -103,3 +103,22 @@ def test_bench_nano_capacity_cli_prints_points_and_command():
     assert 0.07 < numbers["chance"] < 0.08 and numbers["settings"]["frozen_names"] is True
     assert numbers["settings"]["ffn"] == 64
     assert numbers["command"].endswith("--fact-share 0.85 --ffn 64 --seed 0 --frozen-names")
+
+
+def test_bench_search_compares_strategies_and_baselines(tmp_path):
+    from matlab.bench.search_bench import bench_search
+    from matlab.bundled import resolve_suite
+
+    budget = 2_200_000
+    result = bench_search("nano", [budget], resolve_suite("nano"), tmp_path / "work", max_evals=45, seeds=(0,),
+                          random_count=3, limit=1, window=64, calibration_tokens=256)
+    numbers = result["budgets"][str(budget)]
+    assert set(numbers["strategies"]) == {"seeded-nsga2", "nsga2", "greedy", "random"}
+    assert all(run["best_value"] is None or run["feasible"] > 0 for runs in numbers["strategies"].values()
+               for run in runs)
+    scored = numbers["suite"]
+    assert {"search", "uniform", "random-00", "random-01", "random-02"} <= set(scored)
+    assert "nano-e2b" not in scored  # 2.38M does not fit 2.2M
+    assert all(0.85 * budget <= scored[f"random-{i:02d}"]["effective_params"] <= budget for i in range(3))
+    assert scored["search"]["effective_params"] <= budget and scored["uniform"]["effective_params"] <= budget
+    assert all("nano_heldout:word_perplexity" in row for row in scored.values())

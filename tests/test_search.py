@@ -31,6 +31,7 @@ runner = CliRunner()
 NANO = resolve_checkpoint("nano")
 BUDGET = 2_200_000  # below nano-E2B's 2.38M effective parameters
 QUICK = ["--window", "64", "--calibration-tokens", "256"]
+E2B_CONFIG = Path(__file__).resolve().parent.parent / "slice_configs" / "nano" / "nano-e2b.yaml"
 
 
 def _settings(out: Path, **fields) -> SearchSettings:
@@ -137,6 +138,22 @@ def test_confirm_writes_a_sweep_keyed_like_the_search(tmp_path):
     assert {row["submodel_id"] for row in rows} == {entry["submodel_id"] for entry in summary["frontier"]}
     report = runner.invoke(app, ["report", str(out / "confirm"), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert f"The search: {summary['evaluated']} candidates" in html  # found as the confirm run's search
+    # A hand-written sweep with the search's found configs drawn beside it, marked, with runtimes.
+    sweep = runner.invoke(app, ["sweep", "nano", "--configs", str(E2B_CONFIG), "--suite", "nano",
+                                "--limit", "2", "--out", str(tmp_path / "hand")])
+    assert sweep.exit_code == 0, sweep.output
+    overlay = runner.invoke(app, ["report", str(tmp_path / "hand"), "--out", str(tmp_path / "overlay"), "--search",
+                                  str(out)])
+    assert overlay.exit_code == 0, overlay.output
+    html = (tmp_path / "overlay" / "index.html").read_text()
+    found = [entry["name"] for entry in summary["frontier"]]
+    assert html.count("&#9733; found-") == len(found) and "Stars: configs found by `matformer search`" in html
+    assert "transformers, vllm, mlx-lm, mlx-vlm, ollama" in html  # nano-E2B's runtimes
+    missing = runner.invoke(app, ["report", str(tmp_path / "hand"), "--out", str(tmp_path / "x"), "--search",
+                                  str(tmp_path)])
+    assert missing.exit_code == 1 and "no search.json" in missing.stderr and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -11,7 +11,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from matlab.cli.common import DtypeOpt, JsonOpt, LimitOpt, SuiteOpt, config_paths, console, errors, reported_errors, say
+from matlab.cli.common import (
+    DtypeOpt,
+    JsonOpt,
+    LimitOpt,
+    SuiteOpt,
+    config_paths,
+    console,
+    errors,
+    reported_errors,
+    say,
+    usage_error,
+)
 
 bench_app = typer.Typer(help="Benchmarks (numbers measured on this machine, ratios within one run).",
                         no_args_is_help=True)
@@ -147,3 +158,51 @@ def bench_nano_capacity_command(
                       f"{point['nano-e4b'] - point['nano-e2b']:+.3f}")
     console.print(table)
     say(f"{result['seconds'] / 60:.1f} minutes of training; reproduce: {command}")
+
+
+@bench_app.command("search")
+def bench_search_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
+        budgets: Annotated[str, typer.Option(help="Effective-parameter budgets, comma-separated.")] = "2.2M,3.5M",
+        suite: SuiteOpt = "nano", limit: LimitOpt = None,
+        max_evals: Annotated[int, typer.Option(min=1, help="Evaluations per search.")] = 120,
+        seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+        random_configs: Annotated[int, typer.Option(min=1, help="Random configs scored on the suite.")] = 20,
+        work_dir: Annotated[Path, typer.Option(help="Scratch space.")] = Path("bench-work/search"),
+        as_json: JsonOpt = False) -> None:
+    """Search strategies at equal evaluations, and the search's best slice against random,
+    uniform and hand-written slices on a held-out suite."""
+    from matlab.bench.search_bench import bench_search
+    from matlab.bundled import resolve_suite
+    from matlab.cli.common import RichProgress, quiet_evaluation
+    from matlab.sizes import parse_count
+
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        try:
+            parsed = [parse_count(text) for text in budgets.split(",")]
+            seed_list = tuple(int(text) for text in seeds.split(","))
+        except ValueError as error:
+            raise usage_error(f"--budgets/--seeds: {error}") from None
+        result = bench_search(checkpoint, parsed, resolve_suite(suite), work_dir, max_evals=max_evals,
+                              seeds=seed_list, random_count=random_configs, limit=limit, progress=progress)
+    result["command"] = shlex.join(["matformer", "bench", "search", "--checkpoint", checkpoint, "--budgets", budgets,
+                                    "--max-evals", str(max_evals), "--seeds", seeds, "--random-configs",
+                                    str(random_configs), *(["--limit", str(limit)] if limit else [])])
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    for budget, numbers in result["budgets"].items():
+        table = Table("strategy", "best objective (per seed)", "within budget", title=f"budget {budget}: "
+                      f"{max_evals} evaluations each")
+        for strategy, runs in numbers["strategies"].items():
+            table.add_row(strategy, ", ".join("none" if run["best_value"] is None else f"{run['best_value']:.4g}"
+                                              for run in runs), ", ".join(str(run["feasible"]) for run in runs))
+        console.print(table)
+        scored = numbers["suite"]
+        metrics = sorted({key for row in scored.values() for key in row if key != "effective_params"})
+        table = Table("config", "effective params", *metrics, title=f"budget {budget} on the suite")
+        for stem, row in sorted(scored.items(), key=lambda item: item[1]["effective_params"]):
+            table.add_row(escape(stem), f"{row['effective_params']:,}", *(f"{row.get(m, float('nan')):.4g}"
+                                                                          for m in metrics))
+        console.print(table)
+    say(f"reproduce: {result['command']}")

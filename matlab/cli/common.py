@@ -63,26 +63,32 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(error.exit_code) from None
 
 
+def silence_library_bars() -> None:
+    """For the `matformer` process only (called when its command line runs, not on import):
+    the libraries' own tqdm bars (lm-eval's, transformers') would tear through the rich
+    displays, which already report the work. tqdm reads TQDM_DISABLE when it is first
+    imported, so this runs before any command imports it; TQDM_DISABLE=0 keeps them."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 @contextmanager
-def quiet_evaluation() -> Iterator[None]:
-    """While lm-evaluation-harness (or optuna) runs under a rich progress display: no tqdm bars
-    of their own (they would tear through the display) and only their errors logged. Restored
-    afterwards."""
-    previous_tqdm = os.environ.get("TQDM_DISABLE")
-    loggers = [logging.getLogger(name) for name in ("lm_eval", "optuna")]
-    previous_levels = [logger.level for logger in loggers]
-    os.environ["TQDM_DISABLE"] = "1"
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
+def quiet_evaluation(search: bool = False) -> Iterator[None]:
+    """While lm-evaluation-harness (and with `search`, optuna) runs under a rich progress
+    display: only their errors logged. Restored afterwards."""
+    logger = logging.getLogger("lm_eval")
+    previous_level = logger.level
+    logger.setLevel(logging.ERROR)
+    if search:  # optuna sets its own level when first used, so it is set through optuna's API
+        import optuna
+
+        previous_verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(logging.ERROR)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, previous_levels):
-            logger.setLevel(level)
-        if previous_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous_tqdm
+        logger.setLevel(previous_level)
+        if search:
+            optuna.logging.set_verbosity(previous_verbosity)
 
 
 class RichProgress(Progress):

@@ -76,25 +76,29 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory
            out: Annotated[Path, typer.Option("--out", help="Report directory (index.html).")],
            compare: Annotated[Optional[Path], typer.Option(help="Another run to overlay.")] = None,
            compare_label: Annotated[str, typer.Option(help="Legend label of --compare.")] = "compared run",
+           search: Annotated[Optional[Path], typer.Option(
+               help="A `matformer search` directory whose found configs to draw beside the run's "
+                    "(automatic when RUN_DIR is a search's confirm run).")] = None,
            force: ForceOpt = False) -> None:
-    """Write a self-contained HTML report of a sweep."""
+    """Write a self-contained HTML report of a sweep (and of a search's results)."""
     from matlab.harness.report import build_report
 
     with reported_errors():
-        path = build_report(run_dir, out, compare=compare, compare_label=compare_label, force=force)
+        path = build_report(run_dir, out, compare=compare, compare_label=compare_label, force=force, search=search)
     say(f"wrote {path}")
 
 
 def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("matformer-demo"),
          limit: LimitOpt = None) -> None:
     """The main job on the embedded nano model: slice one config, sweep all nano configs on the
-    nano suite (and the control on two), write the HTML report."""
+    nano suite (and the control on two), search for the best slices below nano-E2B and confirm
+    them on the suite, write the HTML report."""
     from matlab.harness.demo import run_demo
 
-    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         result = run_demo(out, limit=limit, progress=progress)
     say(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
-        f"report: {result.report}")
+        f"search results in {result.search} (frontier/*.yaml, confirmed in confirm/)\nreport: {result.report}")
 
 
 def register(app: typer.Typer) -> None:

@@ -61,6 +61,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
                help="Allowed FFN widths, comma-separated (default: the trained ones).")] = None,
            max_evals: Annotated[int, typer.Option(min=1, help="Distinct candidates to evaluate.")] = 200,
            seed: Annotated[int, typer.Option(help="Seed of the evolutionary phase.")] = 0,
+           strategy: Annotated[str, typer.Option(
+               help="seeded-nsga2 (default), or for comparison nsga2, greedy, random.")] = "seeded-nsga2",
            calibration_tokens: Annotated[int, typer.Option(min=16, help="Calibration tokens used.")] = 2048,
            window: Annotated[int, typer.Option(min=8, help="Tokens per calibration window.")] = 256,
            top_k: Annotated[int, typer.Option(min=1, help="Full-model tokens kept per position for kl.")] = 256,
@@ -78,8 +80,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
-        confirm_limit=limit)
-    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+        strategy=strategy, confirm_limit=limit)
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         if confirm_suite is not None:
             settings = SearchSettings(**{**settings.__dict__, "confirm_suite": resolve_suite(confirm_suite)})
         result = run_search(settings, progress=progress)

@@ -1,4 +1,4 @@
-"""The main job on the embedded nano model: slice, sweep, compare with the control, report."""
+"""The main job on the embedded nano model: slice, sweep, compare with the control, search, report."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import embedded_available, resolve_checkpoint
+from matlab.search.run import SearchSettings, run_search
 from matlab.slice_config import load_slice_config
 from matlab.slicer import slice_checkpoint
 
 CONTROL_CONFIGS = ("nano-e4b.yaml", "nano-e2b.yaml")
+# The search's budget: below nano-E2B (2.38M effective parameters), where which layers are
+# skipped decides the quality (a 45-minute CPU MatFormer cannot make FFN width bind).
+SEARCH_BUDGET = 2_200_000
+SEARCH_EVALS, SEARCH_EVALS_LIMITED = 120, 50
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,7 @@ class DemoResult:
     sliced: Path
     sweep: Path
     control: Path | None
+    search: Path
     report: Path
 
 
@@ -45,6 +51,9 @@ def run_demo(out: Path, limit: int | None = None, progress: Progress = NO_PROGRE
         control = out / "control"
         control_configs = [path for path in configs if path.name in CONTROL_CONFIGS]
         run_sweep(resolve_checkpoint("nano-control"), control_configs, control, settings, progress=progress)
+    search = run_search(SearchSettings(
+        "nano", out / "search", max_params=SEARCH_BUDGET, max_evals=SEARCH_EVALS_LIMITED if limit else SEARCH_EVALS,
+        window=128, calibration_tokens=1024, confirm_suite=suite_path, confirm_limit=limit), progress=progress)
     report = build_report(out / "sweep", out / "report", compare=control,
-                          compare_label="control (trained at full size only)", force=True)
-    return DemoResult(sliced, out / "sweep", control, report)
+                          compare_label="control (trained at full size only)", force=True, search=search.directory)
+    return DemoResult(sliced, out / "sweep", control, search.directory, report)

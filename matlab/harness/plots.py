@@ -49,17 +49,29 @@ def _place_labels(axes, labels, xs, ys, placed: list, color: str) -> None:
 
 def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *, cost_label: str, score_label: str,
                   higher_is_better: bool = True, reference: tuple[list[float], list[float], list[str]] | None = None,
-                  compare: tuple[list[float], list[float], list[str], str] | None = None) -> bytes:
-    """Score against cost, every point labelled, the Pareto frontier drawn and highlighted."""
+                  compare: tuple[list[float], list[float], list[str], str] | None = None,
+                  found: tuple[list[float], list[float], list[str]] | None = None,
+                  budget: float | None = None) -> bytes:
+    """Score against cost, every point labelled, the Pareto frontier (of the configs and the
+    configs a search found, together) drawn and highlighted."""
     figure, axes = plt.subplots(figsize=(8.4, 5.0))
-    front = pareto_front(costs, scores, higher_is_better)
-    axes.scatter(costs, scores, color="#9aa5b1", zorder=2, label="configs")
-    axes.plot([costs[i] for i in front], [scores[i] for i in front], "-o", color="#d64545", zorder=3,
+    all_costs = costs + (found[0] if found else [])
+    all_scores = scores + (found[1] if found else [])
+    front = pareto_front(all_costs, all_scores, higher_is_better)
+    axes.scatter(costs, scores, color="#9aa5b1", zorder=2, label="hand-written configs" if found else "configs")
+    if found:
+        axes.scatter(found[0], found[1], marker="*", s=90, color="#d98b06", zorder=5, label="found by search")
+    axes.plot([all_costs[i] for i in front], [all_scores[i] for i in front], "-", color="#d64545", zorder=3,
               label="Pareto frontier")
+    axes.scatter([all_costs[i] for i in front], [all_scores[i] for i in front], color="#d64545", s=14, zorder=4)
     if compare:
         axes.scatter(compare[0], compare[1], marker="x", color="#3e6fb0", zorder=4, label=compare[3])
+    if budget is not None:
+        axes.axvline(budget, color="#d98b06", linestyle="--", linewidth=1, label="search budget")
     placed: list[tuple[float, float, float, float]] = []
     _place_labels(axes, labels, costs, scores, placed, "#222222")
+    if found:
+        _place_labels(axes, found[2], found[0], found[1], placed, "#a86a00")
     if compare:
         _place_labels(axes, compare[2], compare[0], compare[1], placed, "#3e6fb0")
     if reference:
@@ -68,6 +80,24 @@ def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *,
         twin.set_ylabel("stated figure (source's metric)", color="#2f8a57")
     axes.set_xlabel(cost_label)
     axes.set_ylabel(score_label)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=7)
+    return _svg(figure)
+
+
+def search_plot(costs: list[float], values: list[float], front: list[int], *, cost_label: str, objective: str,
+                budget: float) -> bytes:
+    """Every candidate a search evaluated (objective against cost), its Pareto set and the budget."""
+    figure, axes = plt.subplots(figsize=(8.4, 5.0))
+    axes.scatter(costs, values, s=10, color="#bcccdc", zorder=2, label="evaluated candidates")
+    axes.plot([costs[i] for i in front], [values[i] for i in front], "-*", color="#d98b06", zorder=3,
+              label="found frontier (within budget)")
+    axes.axvline(budget, color="#d98b06", linestyle="--", linewidth=1, label="budget")
+    if objective == "kl":  # from 0 (the full model) over several decades
+        axes.set_yscale("symlog", linthresh=1e-3)
+        axes.set_ylim(bottom=0)  # rounding can put the full model a hair below zero
+    axes.set_xlabel(cost_label)
+    axes.set_ylabel(f"{objective} (calibration text)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=7)
     return _svg(figure)

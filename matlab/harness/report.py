@@ -50,15 +50,40 @@ def _stated(value):
     return None if value is None or value != value else value  # NaN is the one value unequal to itself
 
 
+def _search_results(run_dir: Path, search: Path | None):
+    """(search.json, candidates, the found configs' sweep rows or None) of the search whose
+    results the report shows: `search`, or the search whose confirm run `run_dir` is."""
+    import pandas as pd
+
+    from matlab.search.journal import CANDIDATES_FILE, CONFIRM_DIR, SEARCH_FILE
+
+    if search is None and (run_dir.parent / SEARCH_FILE).is_file() and run_dir.name == CONFIRM_DIR:
+        search = run_dir.parent
+    if search is None:
+        return None, None, None
+    if not (search / SEARCH_FILE).is_file():
+        raise ReportError(f"--search {search}: no {SEARCH_FILE}; pass the --out directory of `matformer search`")
+    summary = json.loads((search / SEARCH_FILE).read_text(encoding="utf-8"))
+    candidates = pd.read_json(search / CANDIDATES_FILE, lines=True)
+    confirm = search / CONFIRM_DIR
+    found = read_results(confirm) if confirm.resolve() != run_dir.resolve() else None
+    return summary, candidates, found
+
+
 def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | None = None,
-                 compare_label: str = "compared run", force: bool = False) -> Path:
-    """Write `out/index.html` for the sweep in `run_dir` (optionally overlaying `compare`)."""
+                 compare_label: str = "compared run", force: bool = False, search: str | Path | None = None) -> Path:
+    """Write `out/index.html` for the sweep in `run_dir` (optionally overlaying `compare`, and the
+    configs a search found: `search`, or the search `run_dir` confirms)."""
+    import pandas as pd
     from jinja2 import Environment, select_autoescape
 
     from matlab.harness import plots
 
     run_dir, out = Path(run_dir), Path(out)
     frame, run = _load(run_dir)
+    search_summary, candidates, found_frame = _search_results(run_dir, Path(search) if search else None)
+    found_ids = {entry["submodel_id"] for entry in search_summary["frontier"]} if search_summary else set()
+    budget = (search_summary or {}).get("budget", {})
     suite = run.get("identity", {}).get("suite", {})
     tasks = [(t["name"], t["metric"], t.get("higher_is_better", True)) for t in suite.get("tasks", [])] or \
         sorted({(task, metric, True) for task, metric in zip(frame["task"], frame["metric"])})
@@ -80,11 +105,17 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
             other = _metric_series(compare_frame, task, metric)
             if not other.empty:
                 overlay = (list(other["effective_params"]), list(other["value"]), list(other["config"]), compare_label)
+        found = None
+        if found_frame is not None and not found_frame.empty:
+            rows = _metric_series(found_frame, task, metric)
+            found = (list(rows["effective_params"]), list(rows["value"]), list(rows["config"])) if len(rows) else None
         svg = plots.tradeoff_plot(list(series["config"]), list(series["effective_params"]), list(series["value"]),
                                   cost_label="effective parameters", score_label=f"{task} {metric}",
-                                  higher_is_better=higher, reference=reference, compare=overlay)
+                                  higher_is_better=higher, reference=reference, compare=overlay, found=found,
+                                  budget=budget.get("max_params") if found else None)
         figures.append(_plot(f"{task} ({metric}) against effective parameters", svg,
                              "Red: Pareto frontier (no other config is both smaller and better)."
+                             + (" Stars: configs found by `matformer search` (dashed: its budget)." if found else "")
                              + (" Triangles: figures stated by the configs' source." if reference else "")
                              + (f" Crosses: {compare_label}." if overlay else "")))
     for cost_column, cost_label, transform in (("weight_bytes", "submodel weight bytes", lambda v: v),
@@ -97,7 +128,19 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                              f"Latency measured on {primary['device'].iloc[0]} in {primary['dtype'].iloc[0]}."
                              if cost_column == "decode_tokens_per_s" else "Bytes of the weights the slice uses."))
 
-    per_config = frame.drop_duplicates("submodel_id").sort_values("effective_params")
+    if search_summary is not None:
+        cost = budget["cost"]
+        limit = budget["max_params"] if cost == "effective_params" else budget["max_bytes"]
+        front = sorted((i for i, submodel in enumerate(candidates["submodel_id"]) if submodel in found_ids),
+                       key=lambda i: candidates[cost][i])
+        svg = plots.search_plot(list(candidates[cost]), list(candidates["value"]), front,
+                                cost_label=cost.replace("_", " "), objective=search_summary["objective"], budget=limit)
+        figures.append(_plot(f"The search: {len(candidates)} candidates' {search_summary['objective']} against "
+                             f"{cost.replace('_', ' ')}", svg,
+                             "Each point is one evaluated submodel (an elastic view of the full model), measured on "
+                             "calibration text; stars: the Pareto set within the budget, written as slice configs."))
+    all_rows = frame if found_frame is None else pd.concat([frame, found_frame], ignore_index=True)
+    per_config = all_rows.drop_duplicates("submodel_id").sort_values("effective_params")
     num_layers = int(max(k + len(s) for k, s in zip(per_config["kept_layers"], per_config["layers_skipped"])))
     base_width = int(max(max(widths) for widths in per_config["ffn_widths"]))
     heatmap = plots.width_heatmap(list(per_config["config"]), num_layers, list(per_config["layers_skipped"]),
@@ -106,17 +149,21 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                          f"Widths as a fraction of the widest layer ({base_width}); {num_layers} base layers."))
 
     columns = [(task, metric) for task, metric, _ in tasks]
-    front = set(pareto_front(list(primary["effective_params"]), list(primary["value"]), primary_higher))
-    front_ids = {primary["submodel_id"][i] for i in front}
+    primary_all = _metric_series(all_rows, primary_task, primary_metric)
+    front = set(pareto_front(list(primary_all["effective_params"]), list(primary_all["value"]), primary_higher))
+    front_ids = {primary_all["submodel_id"][i] for i in front}
     result_rows = []
     for _, config in per_config.iterrows():
         values = []
         for task, metric in columns:
-            match = frame[(frame["submodel_id"] == config["submodel_id"]) & (frame["task"] == task)
-                          & (frame["metric"] == metric)]
+            match = all_rows[(all_rows["submodel_id"] == config["submodel_id"]) & (all_rows["task"] == task)
+                             & (all_rows["metric"] == metric)]
             values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
-        values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}"]
-        result_rows.append({"config": config["config"], "cells": values, "front": config["submodel_id"] in front_ids})
+        runtimes = config.get("runs_in")
+        values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}",
+                   ", ".join(runtimes) if isinstance(runtimes, list) else ""]
+        result_rows.append({"config": config["config"], "cells": values, "front": config["submodel_id"] in front_ids,
+                            "found": config["submodel_id"] in found_ids})
     configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"])),
                 "stated_effective_params_b": _stated(row.get("stated_effective_params_b")),
                 "stated_mmlu": _stated(row.get("stated_mmlu"))}
@@ -136,7 +183,9 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         summary=f"{len(per_config)} configs, {len(frame)} result rows. Every point is measured by MatFormer Lab; "
                 "stated figures are shown only beside them.",
         plots=figures, primary=f"{primary_task} {primary_metric}",
-        result_columns=[f"{task} {metric}" for task, metric in columns] + ["effective params", "decode tok/s"],
+        result_columns=[f"{task} {metric}" for task, metric in columns] + ["effective params", "decode tok/s",
+                                                                          "runs in"],
+        searched=search_summary is not None,
         result_rows=result_rows, configs=configs, provenance=provenance)
     with staged_output(out, force) as temporary:
         (temporary / REPORT_NAME).write_text(html, encoding="utf-8")

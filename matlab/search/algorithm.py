@@ -91,28 +91,66 @@ def greedy_path(space: SearchSpace, budget: Budget, effects: dict[tuple[str, int
     return points
 
 
-def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int,
-                  population: int | None = None) -> None:
-    """Evaluate candidates until `evaluate` is exhausted (or the trial cap is reached)."""
-    import optuna
+STRATEGIES = ("seeded-nsga2", "nsga2", "greedy", "random")
 
+
+def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int,
+                  strategy: str = "seeded-nsga2", population: int | None = None) -> None:
+    """Evaluate candidates until `evaluate` is exhausted (or a cap on proposals is reached).
+
+    Strategies (all but the first kept for the benchmark that justifies it): `seeded-nsga2`
+    (the default, above); `nsga2` (NSGA-II from a random first generation); `greedy` (from the
+    full model, re-measure every one-step move and take the cheapest loss per cost saved,
+    until nothing is left to take); `random` (uniformly random genes)."""
     try:
-        full = space.decode(space.full_genes)
-        baseline = evaluate(full, "sensitivity")
-        effects = {}
-        for gene, value in single_moves(space):
-            candidate = space.decode(_with(space.full_genes, gene, value))
-            if candidate.valid:
-                effects[(gene, value)] = (evaluate(candidate, "sensitivity") - baseline,
-                                          float(budget.cost(full) - budget.cost(candidate)))
-        seeds = greedy_path(space, budget, effects)
-        for genes in seeds:
-            evaluate(space.decode(genes), "path")
+        if strategy == "greedy":
+            _greedy_descent(space, budget, evaluate)
+        elif strategy == "random":
+            _random_search(space, budget, evaluate, seed)
+        else:
+            seeds = _sensitivity_seeds(space, budget, evaluate) if strategy == "seeded-nsga2" else []
+            _nsga2(space, budget, evaluate, seed, seeds, population)
     except EvaluationsExhausted:
         return
+
+
+def _sensitivity_seeds(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> list[dict[str, int]]:
+    """Phases 1 and 2: the single-move effects from the full model, then the greedy path they imply."""
+    full = space.decode(space.full_genes)
+    baseline = evaluate(full, "sensitivity")
+    effects = {}
+    for gene, value in single_moves(space):
+        candidate = space.decode(_with(space.full_genes, gene, value))
+        if candidate.valid:
+            effects[(gene, value)] = (evaluate(candidate, "sensitivity") - baseline,
+                                      float(budget.cost(full) - budget.cost(candidate)))
+    seeds = greedy_path(space, budget, effects)
+    for genes in seeds:
+        evaluate(space.decode(genes), "path")
+    return seeds + neighbours(space, budget, seeds[0]) if seeds else seeds
+
+
+def neighbours(space: SearchSpace, budget: Budget, genes: dict[str, int]) -> list[dict[str, int]]:
+    """Every valid point within the budget one gene away from `genes` (undoing a skip, widening
+    or narrowing a width): the first generation's local neighbourhood of the path's point at
+    the budget, which crossover alone rarely reaches from random parents."""
+    found = []
+    for gene in space.gene_names:
+        for value in space.choices(gene):
+            if value != genes[gene]:
+                candidate = space.decode(_with(genes, gene, value))
+                if candidate.valid and budget.excess(candidate) <= 0:
+                    found.append(_with(genes, gene, value))
+    return found
+
+
+def _nsga2(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, seeds: list[dict[str, int]],
+           population: int | None) -> None:
+    import optuna
+
     size = population or max(8, min(32, evaluate.max_evals // 8))
-    sampler = optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=optuna.samplers.NSGAIISampler(population_size=size, seed=seed))
     for genes in seeds:
         study.enqueue_trial(genes)
     for _ in range(20 * evaluate.max_evals):  # a cap on asks, for spaces that are mostly infeasible
@@ -122,11 +160,39 @@ def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed:
         excess = budget.excess(candidate) if candidate.valid else 1.0
         trial.set_constraint("valid", 0.0 if candidate.valid else 1.0)  # feasible: every constraint <= 0
         trial.set_constraint("budget", excess)
-        if not candidate.valid or excess > 0:
-            study.tell(trial, [float(budget.cost(candidate)), INFEASIBLE])
-            continue
-        try:
-            value = evaluate(candidate, "evolution")
-        except EvaluationsExhausted:
-            return
+        value = evaluate(candidate, "evolution") if candidate.valid and excess <= 0 else INFEASIBLE
         study.tell(trial, [float(budget.cost(candidate)), value])
+
+
+def _greedy_descent(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> None:
+    genes = dict(space.full_genes)
+    current = evaluate(space.decode(genes), "greedy")
+    while True:
+        options = []
+        here = space.decode(genes)
+        for gene in space.gene_names:
+            if gene.startswith("skip_"):
+                value = None if genes[gene] else 1
+            else:
+                value = _narrower(space, genes[gene])
+            if value is None:
+                continue
+            candidate = space.decode(_with(genes, gene, value))
+            saved = budget.cost(here) - budget.cost(candidate)
+            if candidate.valid and saved > 0:
+                loss = evaluate(candidate, "greedy") - current
+                options.append((max(loss, 0.0) / saved, gene, value, loss))
+        if not options:
+            return
+        _, gene, value, loss = min(options)
+        genes, current = _with(genes, gene, value), current + loss
+
+
+def _random_search(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int) -> None:
+    import random
+
+    generator = random.Random(seed)
+    for _ in range(20 * evaluate.max_evals):
+        candidate = space.decode({gene: generator.choice(space.choices(gene)) for gene in space.gene_names})
+        if candidate.valid and budget.excess(candidate) <= 0:
+            evaluate(candidate, "random")

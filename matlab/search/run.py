@@ -19,7 +19,7 @@ from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import EMBEDDED, resolve_checkpoint
 from matlab.runtimes import check_runtime, runs_in
-from matlab.search.algorithm import Evaluator, run_algorithm
+from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
 from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, check_directory
 from matlab.search.objective import (
     OBJECTIVES,
@@ -51,6 +51,7 @@ class SearchSettings:
     calibration_tokens: int = 2048
     window: int = 256
     top_k: int = 256
+    strategy: str = "seeded-nsga2"
     confirm_suite: Path | None = None
     confirm_limit: int | None = None
 
@@ -75,6 +76,8 @@ def _check_arguments(settings: SearchSettings) -> None:
         check_runtime(settings.runtime)
     if settings.max_evals < 1:
         raise InputError("--max-evals: at least 1")
+    if settings.strategy not in STRATEGIES:
+        raise InputError(f"--strategy {settings.strategy}: choose one of {', '.join(STRATEGIES)}")
 
 
 def _calibration_texts(settings: SearchSettings) -> tuple[list[str], str]:
@@ -117,6 +120,7 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
                 "max_bytes": settings.max_bytes, "runtime": settings.runtime, "objective": settings.objective,
                 "calibration": calibration_source, "calibration_tokens": settings.calibration_tokens,
                 "window": settings.window, "top_k": settings.top_k, "widths": settings.widths, "seed": settings.seed,
+                "strategy": settings.strategy,
                 "device": settings.device, "dtype": settings.dtype}
     check_directory(settings.out, identity)
     loaded = load_model(directory, device=settings.device, dtype=settings.dtype)
@@ -155,7 +159,7 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
         return value
 
     evaluator = Evaluator(measure, settings.max_evals)
-    run_algorithm(space, budget, evaluator, settings.seed)
+    run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started)
     result = SearchResult(settings.out, summary, space.width_warnings())
@@ -198,6 +202,7 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
     for rank, record in enumerate(front):
         candidate = space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]))
         name = f"found-{_format_count(record['effective_params'])}"
+        name = name if all(entry["name"] != name for entry in entries) else f"{name}-{record['submodel_id'][:6]}"
         plan = SlicePlan.build(candidate.config(name), space.facts, name)
         measured = {"effective_params": record["effective_params"], "weight_bytes": record["weight_bytes"],
                     settings.objective: record["value"]}
