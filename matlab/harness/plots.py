@@ -95,7 +95,7 @@ def search_plot(costs: list[float], values: list[float], front: list[int], *, co
     axes.axvline(budget, color="#d98b06", linestyle="--", linewidth=1, label="budget")
     if objective == "kl":  # from 0 (the full model) over several decades
         axes.set_yscale("symlog", linthresh=1e-3)
-        axes.set_ylim(bottom=0)  # rounding can put the full model a hair below zero
+        axes.set_ylim(0, max(values) * 1.5)  # rounding can put the full model a hair below zero
     axes.set_xlabel(cost_label)
     axes.set_ylabel(f"{objective} (calibration text)")
     axes.grid(alpha=0.3)
