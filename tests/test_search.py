@@ -89,6 +89,9 @@ def test_same_seed_same_search_and_resume_redoes_nothing(searched, tmp_path):
     assert resumed.summary["evaluated_now"] == 0 and resumed.summary["frontier"] == again.summary["frontier"]
     extended = run_search(_settings(tmp_path / "again", max_evals=70))  # a resumed search may go further
     assert extended.summary["evaluated_now"] == 10
+    widths = run_search(_settings(tmp_path / "widths", widths=(512, 256), max_evals=45))
+    assert run_search(_settings(tmp_path / "widths", widths=(512, 256), max_evals=45)).summary["evaluated_now"] == 0
+    assert widths.summary["evaluated_now"] == 45
 
 
 def test_killed_search_resumes_without_loss_or_duplicates(searched, tmp_path):

@@ -38,6 +38,7 @@ def check_directory(directory: Path, identity: dict[str, Any]) -> None:
         raise SearchError(f"--out {directory}: exists and is not a directory; choose another --out")
     if not directory.is_dir() or not any(directory.iterdir()):
         return
+    identity = json.loads(json.dumps(identity))  # as it reads back from search.json (tuples as lists)
     search_file = directory / SEARCH_FILE
     if not search_file.is_file():
         raise SearchError(f"--out {directory}: not empty and holds no {SEARCH_FILE}; choose an empty or new --out")

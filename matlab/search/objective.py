@@ -30,7 +30,6 @@ class Calibration:
 
     batches: tuple[torch.Tensor, ...]
     source: str
-    sha256: str
 
     @property
     def tokens(self) -> int:
@@ -83,8 +82,12 @@ def make_calibration(tokenizer, texts: list[str], source: str, window: int, max_
     if not windows or len(windows[0]) < 2:
         raise InputError(f"calibration text from {source} is too short; give at least a few sentences")
     batches = tuple(torch.tensor(windows[start:start + batch_size]) for start in range(0, len(windows), batch_size))
-    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
-    return Calibration(batches, source, digest)
+    return Calibration(batches, source)
+
+
+def texts_digest(texts: list[str]) -> str:
+    """The calibration texts' identity: a SHA-256 of their content."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from matlab.search.objective import (
     perplexity_of,
     read_calibration,
     reference_distributions,
+    texts_digest,
 )
 from matlab.search.space import Budget, Candidate, SearchSpace
 from matlab.slice_config import Reference, dump_slice_config
@@ -54,6 +55,9 @@ class SearchSettings:
     strategy: str = "seeded-nsga2"
     confirm_suite: Path | None = None
     confirm_limit: int | None = None
+
+
+_NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit")
 
 
 @dataclass
@@ -116,12 +120,12 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
 
         suite = load_suite(settings.confirm_suite)
     budget = Budget(settings.max_params, settings.max_bytes)
-    identity = {"checkpoint": checkpoint_identity(directory), "max_params": settings.max_params,
-                "max_bytes": settings.max_bytes, "runtime": settings.runtime, "objective": settings.objective,
-                "calibration": calibration_source, "calibration_tokens": settings.calibration_tokens,
-                "window": settings.window, "top_k": settings.top_k, "widths": settings.widths, "seed": settings.seed,
-                "strategy": settings.strategy,
-                "device": settings.device, "dtype": settings.dtype}
+    arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
+    # What makes two searches the same search: everything but where it writes, how far it goes
+    # and what confirms it afterwards; the checkpoint and calibration by content.
+    identity = {**{key: value for key, value in arguments.items() if key not in _NOT_IDENTITY},
+                "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
+                "calibration_sha256": texts_digest(texts)}
     check_directory(settings.out, identity)
     loaded = load_model(directory, device=settings.device, dtype=settings.dtype)
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
@@ -135,7 +139,6 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
     calibration = make_calibration(loaded.tokenizer, texts, calibration_source, settings.window,
                                    settings.calibration_tokens)
 
-    arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
     reference = reference_distributions(loaded.model, calibration, settings.top_k) \
