@@ -122,7 +122,8 @@ def test_deployed_bytes_match_the_sliced_checkpoint(loaded, tiny_multimodal, tmp
 def test_latency_is_measured(submodel):
     latency = measure_latency(submodel.model, prompt_tokens=16, decode_tokens=4, runs=3)
     assert latency.prefill_tokens_per_s > 0 and latency.decode_tokens_per_s > 0
-    assert latency.device == "cpu" and latency.dtype == "float32" and latency.runs == 3
+    assert latency.device == "cpu" and latency.dtype == "float32" and latency.rounds == 3
+    assert latency.prefill_tokens_per_s_min <= latency.prefill_tokens_per_s <= latency.prefill_tokens_per_s_max
 
 
 def test_cli_score_json(tiny_multimodal, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -12,11 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.core.generation import generate_ids
-from matlab.core.loading import load_model
-from matlab.core.scoring import score_continuations
-from matlab.core.submodel import select_submodel
-from matlab.harness.lm import MatformerLM
 from matlab.harness.report import build_report
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
@@ -24,11 +20,6 @@ from matlab.harness.sweep import SweepError, SweepSettings, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-
-
-class _Request:
-    def __init__(self, *args):
-        self.args = args
 
 
 @pytest.fixture(scope="module")
@@ -49,38 +40,20 @@ def config_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def test_adapter_matches_core(tiny_text):
-    submodel = select_submodel(load_model(tiny_text), None)
-    lm = MatformerLM(submodel, batch_size=3, max_length=8)
-    tokenizer = submodel.tokenizer
-    results = lm.loglikelihood([_Request("ab", " cd"), _Request("", "xyz"), _Request("hello  ", "world")])
-    expected = score_continuations(submodel.model, [(tokenizer("ab").input_ids, tokenizer(" cd", add_special_tokens=False).input_ids)])[0]
-    assert results[0][0] == pytest.approx(expected.total, rel=1e-5)
-    empty = score_continuations(submodel.model, [([tokenizer.bos_token_id], tokenizer("xyz", add_special_tokens=False).input_ids)])[0]
-    assert results[1][0] == pytest.approx(empty.total, rel=1e-5)
-    text = "a text longer than one window of eight tokens"
-    rolling = lm.loglikelihood_rolling([_Request(text)])[0]
-    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
-    windows = [score_continuations(submodel.model, [(ids[max(0, s + len(ids[s:s + 8]) - 9):s], ids[s:s + 8])])[0].total
-               for s in range(1, len(ids), 8)]
-    assert rolling == pytest.approx(sum(windows), rel=1e-5) and len(windows) > 1
-    generated = lm.generate_until([_Request("ab", {"until": ["c"], "max_gen_toks": 5})])[0]
-    new_ids = generate_ids(submodel.model, tokenizer("ab").input_ids, max_new_tokens=5,
-                           eos_token_id=tokenizer.eos_token_id)
-    assert generated == tokenizer.decode(new_ids, skip_special_tokens=True).split("c")[0]
-
-
 def test_sweep_resumes_and_materialized_agrees(tiny_text, suite_file, config_dir, tmp_path):
     paths = sorted(config_dir.glob("*.yaml"))
-    settings = SweepSettings(load_suite(suite_file), limit=3, latency_runs=1)
+    settings = SweepSettings(load_suite(suite_file), limit=3, latency_rounds=1)
     assert len(run_sweep(tiny_text, paths, tmp_path / "run", settings)) == 3
     frame = read_results(tmp_path / "run")
     assert len(frame) == 3 * 4  # facts acc + three perplexity metrics per config
     assert set(frame.columns) >= {"config", "task", "metric", "value", "stderr", "effective_params", "ple_params",
                                   "weight_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
                                   "peak_memory_bytes", "tool_version", "submodel_id", "checkpoint", "seed"}
+    assert (frame["bos_policy"] == "lm-eval").all() and (frame["latency_rounds"] == 1).all()
+    assert (frame["decode_tokens_per_s_min"] <= frame["decode_tokens_per_s"]).all()
+    assert frame["peak_memory_bytes"].isna().all()  # measured per config on CUDA only
     assert run_sweep(tiny_text, paths, tmp_path / "run", settings) == []  # resumed: nothing left
-    materialized = SweepSettings(settings.suite, limit=3, materialize=True, latency_runs=1)
+    materialized = SweepSettings(settings.suite, limit=3, materialize=True, latency_rounds=1)
     run_sweep(tiny_text, paths, tmp_path / "mat", materialized)
     other = read_results(tmp_path / "mat")
     key = ["submodel_id", "task", "metric"]
@@ -93,6 +66,10 @@ def test_sweep_resumes_and_materialized_agrees(tiny_text, suite_file, config_dir
         run_sweep(tiny_text, paths, tmp_path / "run", SweepSettings(settings.suite, limit=2))
 
 
+def _scores(path: Path) -> list[tuple]:
+    return [(row["task"], row["metric"], row["value"], row["seconds"]) for row in json.loads(path.read_text())]
+
+
 def test_killed_sweep_resumes_without_loss_or_duplicates(tiny_text, suite_file, config_dir, tmp_path):
     command = [sys.executable, "-m", "matlab", "sweep", str(tiny_text), "--configs", str(config_dir),
                "--suite", str(suite_file), "--out", str(tmp_path / "run"), "--limit", "3"]
@@ -103,18 +80,21 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tiny_text, suite_file, 
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    first = {p.name: p.stat().st_mtime_ns for p in configs.glob("*.json")}
+    first = {p.name: _scores(p) for p in configs.glob("*.json")}
     assert 1 <= len(first) < 3, "the kill should land mid-sweep"
     result = runner.invoke(app, command[3:])
     assert result.exit_code == 0, result.output
-    assert {p.name: p.stat().st_mtime_ns for p in configs.glob("*.json") if p.name in first} == first
+    assert f"{3 - len(first)} config(s) evaluated, {len(first)} already done" in result.stdout
+    # The finished configs were not evaluated again: their scores and timings are as recorded
+    # before the kill (the latency phase, run after all scores, adds its fields to every row).
+    assert {p.name: _scores(p) for p in configs.glob("*.json") if p.name in first} == first
     frame = read_results(tmp_path / "run")
     assert len(frame) == 3 * 4 and not frame.duplicated(["submodel_id", "task", "metric"]).any()
 
 
 def test_report_is_self_contained_and_escaped(tiny_text, suite_file, config_dir, tmp_path):
     run_sweep(tiny_text, sorted(config_dir.glob("*.yaml")), tmp_path / "run",
-              SweepSettings(load_suite(suite_file), limit=2, latency_runs=1))
+              SweepSettings(load_suite(suite_file), limit=2, latency_rounds=1))
     path = build_report(tmp_path / "run", tmp_path / "report")
     html = path.read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -31,6 +31,9 @@ DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
 SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.yaml) or a bundled suite (nano).")]
+BosOpt = Annotated[str, typer.Option(
+    "--bos-policy", help="BOS in rolling log-likelihood (perplexity) windows: lm-eval (HFLM's default, comparable "
+                         "with published numbers) or single (one BOS per window).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 
 

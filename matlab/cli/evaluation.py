@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from matlab.cli.common import (
+    BosOpt,
     ConfigOpt,
     DeviceOpt,
     DtypeOpt,
@@ -29,20 +30,21 @@ from matlab.cli.running import load_submodel
 
 
 def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
-                 suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None,
+                 suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None, bos_policy: BosOpt = "lm-eval",
                  device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", as_json: JsonOpt = False) -> None:
     """Evaluate one model (or one elastic slice) on a suite."""
     from matlab.bundled import resolve_suite
     from matlab.harness.evaluate import evaluate_submodel
+    from matlab.harness.lm import check_bos_policy
     from matlab.harness.suite import load_suite
 
     with reported_errors(), quiet_evaluation():
         loaded_suite = load_suite(resolve_suite(suite))
         submodel = load_submodel(checkpoint, config, device, dtype)
-        scores = evaluate_submodel(submodel, loaded_suite, limit=limit)
+        scores = evaluate_submodel(submodel, loaded_suite, limit=limit, bos_policy=check_bos_policy(bos_policy))
     if as_json:
         console.print_json(json.dumps({"model": checkpoint, "config": submodel.name, "suite": loaded_suite.name,
-                                       "scores": [score.as_dict() for score in scores]}))
+                                       "bos_policy": bos_policy, "scores": [score.as_dict() for score in scores]}))
         return
     table = Table("task", "metric", "value", "stderr", "n", title=escape(f"{submodel.name} on {loaded_suite.name}"))
     for score in scores:
@@ -57,16 +59,19 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           suite: SuiteOpt, out: Annotated[Path, typer.Option("--out", help="Run directory (resumable).")],
           limit: LimitOpt = None,
           materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
+          bos_policy: BosOpt = "lm-eval",
+          latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
           device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
     from matlab.bundled import resolve_suite
+    from matlab.harness.lm import check_bos_policy
     from matlab.harness.suite import load_suite
     from matlab.harness.sweep import SweepSettings, run_sweep
 
     with reported_errors(), quiet_evaluation(), RichProgress() as progress:
         paths = config_paths(configs)
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
-                                 dtype=dtype)
+                                 dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds)
         evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress)
     say(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "
         f"results in {out / 'results.jsonl'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from matlab.core.submodel import Submodel
-from matlab.harness.lm import MatformerLM
+from matlab.harness.lm import DEFAULT_BOS_POLICY, MatformerLM
 from matlab.harness.suite import Suite, SuiteError, local_task_configs
 
 
@@ -38,8 +38,9 @@ def _task_scores(results: dict, task: str, num_fewshot: int, limit: int | None) 
 
 
 def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None, batch_size: int = 16,
-                      seed: int = 1234) -> list[TaskScore]:
-    """Every metric of every task of `suite`; `limit` caps the documents per task."""
+                      seed: int = 1234, bos_policy: str = DEFAULT_BOS_POLICY) -> list[TaskScore]:
+    """Every metric of every task of `suite`; `limit` caps the documents per task; `bos_policy`
+    decides BOS in rolling log-likelihood windows (`matlab.harness.lm`)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -47,7 +48,7 @@ def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None
     # Indexing lm-eval's thousands of bundled task files takes a minute; skip it when the
     # suite only runs local tasks.
     manager = TaskManager(include_defaults=any(task.name not in local for task in suite.tasks))
-    lm = MatformerLM(submodel, batch_size=batch_size)
+    lm = MatformerLM(submodel, batch_size=batch_size, bos_policy=bos_policy)
     scores: list[TaskScore] = []
     for task in suite.tasks:
         task_limit = min(x for x in (limit, task.limit) if x is not None) if (limit or task.limit) else None

@@ -1,86 +1,54 @@
-"""An lm-evaluation-harness `LM` over the shared inference core.
+"""The lm-evaluation-harness model over the shared inference core: lm-eval's own `HFLM`,
+handed a submodel (elastic or loaded from a checkpoint) and its tokenizer object.
 
-It is handed a submodel (elastic or loaded from a checkpoint) and its tokenizer object, so
-lm-eval never looks anything up on the Hub.
+Tokenization, context/continuation splitting, batching, rolling windows, truncation and
+batched generation with stop sequences are `HFLM`'s, so a score is the number lm-eval itself
+reports for that slice. What differs is kept here, each difference named:
+
+1. The model and tokenizer are objects, never looked up on the Hub.
+2. Rolling log-likelihood takes a BOS policy (`BOS_POLICIES`): `lm-eval` is HFLM's default,
+   in which a tokenizer that adds BOS by itself puts a second BOS after the window's prefix
+   token; `single` encodes the text without special tokens, so each window starts with one BOS.
 """
 
 from __future__ import annotations
 
-from lm_eval.api.model import LM
+from lm_eval.models.huggingface import HFLM
 
-from matlab.core.generation import generate_ids
-from matlab.core.scoring import score_continuations
 from matlab.core.submodel import Submodel
-from matlab.errors import CheckpointError
+from matlab.errors import CheckpointError, InputError
+
+BOS_POLICIES = ("lm-eval", "single")
+DEFAULT_BOS_POLICY = "lm-eval"
 
 
-class MatformerLM(LM):
-    """Log-likelihood, rolling log-likelihood and greedy generation for lm-eval tasks."""
+def check_bos_policy(policy: str) -> str:
+    if policy not in BOS_POLICIES:
+        raise InputError(f"--bos-policy {policy}: choose one of {', '.join(BOS_POLICIES)}")
+    return policy
 
-    def __init__(self, submodel: Submodel, batch_size: int = 16, max_length: int = 2048) -> None:
-        super().__init__()
+
+class MatformerLM(HFLM):
+    """`HFLM` over a submodel; `bos_policy` decides BOS in rolling log-likelihood windows."""
+
+    def __init__(self, submodel: Submodel, batch_size: int = 16, max_length: int | None = None,
+                 bos_policy: str = DEFAULT_BOS_POLICY) -> None:
         if submodel.tokenizer is None:
             raise CheckpointError("the checkpoint ships no tokenizer (tokenizer.json or tokenizer.model), and "
                                   "lm-eval tasks need one; copy the base model's tokenizer files into it")
+        # Difference 1: objects in, no Hub lookups.
+        super().__init__(pretrained=submodel.model, tokenizer=submodel.tokenizer, batch_size=batch_size,
+                         max_length=max_length)
         self.submodel = submodel
-        self.tokenizer = submodel.tokenizer
-        self.batch_size = batch_size
-        self.max_length = max_length
+        self.bos_policy = check_bos_policy(bos_policy)
 
-    def _encode(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special).input_ids
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        # Trailing spaces of the context belong to the continuation (as lm-eval's own models do),
-        # and the pair is encoded whole so that merges across the boundary are honoured.
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self._encode(context + continuation, special=True)
-        context_ids = self._encode(context, special=True)
-        return context_ids, whole[len(context_ids):]
-
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        pairs = []
-        for request in requests:
-            context, continuation = request.args
-            if context:
-                pairs.append(self._encode_pair(context, continuation))
-            else:
-                pairs.append(([self.tokenizer.bos_token_id], self._encode(continuation, special=False)))
-        scores = score_continuations(self.submodel.model, pairs, batch_size=self.batch_size,
-                                     max_length=self.max_length, pad_id=self.tokenizer.pad_token_id or 0)
-        return [(score.total, score.is_greedy) for score in scores]
-
-    def loglikelihood_rolling(self, requests) -> list[float]:
-        pairs, owners = [], []
-        for number, request in enumerate(requests):
-            (text,) = request.args
-            ids = [self.tokenizer.bos_token_id, *self._encode(text, special=False)]
-            # Windows of up to max_length predictions; each is conditioned on as many of the
-            # tokens just before it as fit in max_length + 1 (the first window on BOS alone).
-            for start in range(1, len(ids), self.max_length):
-                continuation = ids[start:start + self.max_length]
-                pairs.append((ids[max(0, start + len(continuation) - self.max_length - 1):start], continuation))
-                owners.append(number)
-        scores = score_continuations(self.submodel.model, pairs, batch_size=self.batch_size,
-                                     pad_id=self.tokenizer.pad_token_id or 0)
-        totals = [0.0] * len(requests)
-        for number, score in zip(owners, scores):
-            totals[number] += score.total
-        return totals
-
-    def generate_until(self, requests) -> list[str]:
-        outputs = []
-        for request in requests:
-            context, options = request.args
-            until = options.get("until") or [self.tokenizer.eos_token]
-            until = [until] if isinstance(until, str) else list(until)
-            new_ids = generate_ids(self.submodel.model, self._encode(context, special=True),
-                                   max_new_tokens=int(options.get("max_gen_toks", 64)),
-                                   eos_token_id=self.tokenizer.eos_token_id)
-            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-            for stop in until:
-                text = text.split(stop)[0]
-            outputs.append(text)
-        return outputs
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        if self.bos_policy == "lm-eval":
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        # Difference 2: `single` encodes each text without special tokens (HFLM's own switch,
+        # add_bos_token=False), so the prefix token is the window's only BOS.
+        previous, self.add_bos_token = self.add_bos_token, False
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.add_bos_token = previous

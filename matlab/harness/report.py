@@ -50,6 +50,29 @@ def _stated(value):
     return None if value is None or value != value else value  # NaN is the one value unequal to itself
 
 
+def _throughput(row, column: str) -> str:
+    """'median (min-max)' over the round-robin rounds; older runs have the median only."""
+    median, low, high = (_stated(row.get(name)) for name in (column, f"{column}_min", f"{column}_max"))
+    if median is None:
+        return ""
+    return f"{median:.1f}" + ("" if low is None else f" ({low:.1f}-{high:.1f})")
+
+
+def _peak_memory(row) -> str:
+    peak = _stated(row.get("peak_memory_bytes"))
+    return "" if peak is None else f"{int(peak):,}"
+
+
+def _latency_note(rows) -> str:
+    first = rows.iloc[0]
+    rounds, threads = _stated(first.get("latency_rounds")), _stated(first.get("latency_threads"))
+    how = f"the median of {int(rounds)} round-robin rounds over all configs, {int(threads)} threads, " \
+        if rounds is not None else ""
+    return (f"Latency: {how}on {first.get('latency_device') or first['device']} in {first['dtype']}; the results "
+            "table gives each config's range. Peak memory per config is measured on CUDA only (on the CPU a "
+            "process's peak covers every config before it).")
+
+
 def _search_results(run_dir: Path, search: Path | None):
     """(search.json, candidates, the found configs' sweep rows or None) of the search whose
     results the report shows: `search`, or the search whose confirm run `run_dir` is."""
@@ -125,8 +148,8 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                                   list(primary["value"]), cost_label=cost_label,
                                   score_label=f"{primary_task} {primary_metric}", higher_is_better=primary_higher)
         figures.append(_plot(f"{primary_task} ({primary_metric}) against {cost_label}", svg,
-                             f"Latency measured on {primary['device'].iloc[0]} in {primary['dtype'].iloc[0]}."
-                             if cost_column == "decode_tokens_per_s" else "Bytes of the weights the slice uses."))
+                             _latency_note(primary) if cost_column == "decode_tokens_per_s"
+                             else "Bytes of the weights the slice uses."))
 
     if search_summary is not None:
         cost = budget["cost"]
@@ -160,7 +183,8 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                              & (all_rows["metric"] == metric)]
             values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
         runtimes = config.get("runs_in")
-        values += [f"{config['effective_params']:,}", f"{config['decode_tokens_per_s']:.1f}",
+        values += [f"{config['effective_params']:,}", f"{config['weight_bytes']:,}", _peak_memory(config),
+                   _throughput(config, "decode_tokens_per_s"), _throughput(config, "prefill_tokens_per_s"),
                    ", ".join(runtimes) if isinstance(runtimes, list) else ""]
         result_rows.append({"config": config["config"], "cells": values, "front": config["submodel_id"] in front_ids,
                             "found": config["submodel_id"] in found_ids})
@@ -183,8 +207,9 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         summary=f"{len(per_config)} configs, {len(frame)} result rows. Every point is measured by MatFormer Lab; "
                 "stated figures are shown only beside them.",
         plots=figures, primary=f"{primary_task} {primary_metric}",
-        result_columns=[f"{task} {metric}" for task, metric in columns] + ["effective params", "decode tok/s",
-                                                                          "runs in"],
+        result_columns=[f"{task} {metric}" for task, metric in columns] + [
+            "effective params", "weight bytes", "peak memory", "decode tok/s (range)", "prefill tok/s (range)",
+            "runs in"],
         searched=search_summary is not None,
         result_rows=result_rows, configs=configs, provenance=provenance)
     with staged_output(out, force) as temporary:

@@ -42,6 +42,10 @@ def finished_keys(run_dir: Path) -> set[str]:
     return {path.stem for path in directory.glob("*.json")} if directory.is_dir() else set()
 
 
+def recorded_rows(run_dir: Path, key: str) -> list[dict[str, Any]]:
+    return json.loads(config_result_path(run_dir, key).read_text(encoding="utf-8"))
+
+
 def record_config(run_dir: Path, key: str, rows: list[dict[str, Any]]) -> None:
     """Record one finished config, then rebuild results.jsonl from every recorded config."""
     write_atomic(config_result_path(run_dir, key), json.dumps(rows, indent=1) + "\n")

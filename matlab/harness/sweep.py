@@ -2,13 +2,14 @@
 
 The full model is loaded once and every config runs as an elastic submodel; with
 `materialize` each config is instead sliced to disk and loaded (the slow path, kept to
-cross-check the elastic one).
+cross-check the elastic one). When every config is scored, their throughput is measured
+round-robin (`matlab.core.latency`) on the elastic submodels, so that a busy machine cannot
+reorder them, and written into their rows.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ import torch
 from matlab import __version__
 from matlab.accounting import count_parameters
 from matlab.architecture import facts_from_checkpoint
-from matlab.core.latency import measure_latency
+from matlab.core.latency import round_robin_latency
 from matlab.core.loading import LoadedModel, load_model
 from matlab.core.submodel import Submodel, select_submodel
 from matlab.errors import MatformerError
 from matlab.harness.evaluate import evaluate_submodel
-from matlab.harness.results import RUN_FILE, finished_keys, record_config, write_atomic
+from matlab.harness.lm import DEFAULT_BOS_POLICY
+from matlab.harness.results import RUN_FILE, finished_keys, record_config, recorded_rows, write_atomic
 from matlab.harness.suite import Suite
 from matlab.inventory import inventory_from_checkpoint
 from matlab.model_card import checkpoint_identity
@@ -47,20 +49,25 @@ class SweepSettings:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 1234
+    bos_policy: str = DEFAULT_BOS_POLICY
     latency_prompt_tokens: int = 64
     latency_decode_tokens: int = 16
-    latency_runs: int = 3
+    latency_rounds: int = 5
 
 
-# Version of the run directory's layout: results are keyed by submodel identity since 2.
-RESULTS_FORMAT = 2
+# Version of the run directory's layout: results keyed by submodel identity since 2; latency
+# measured round-robin after the scores, BOS policy recorded, since 3.
+RESULTS_FORMAT = 3
+LATENCY_FIELDS = ("prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
+                  "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_rounds",
+                  "latency_threads", "latency_device")
 
 
 def _run_identity(directory: Path, settings: SweepSettings) -> dict:
     return {"results_format": RESULTS_FORMAT, "checkpoint": checkpoint_identity(directory),
             "suite": settings.suite.model_dump(mode="json"),
             "limit": settings.limit, "materialize": settings.materialize, "device": settings.device,
-            "dtype": settings.dtype, "seed": settings.seed}
+            "dtype": settings.dtype, "seed": settings.seed, "bos_policy": settings.bos_policy}
 
 
 def _check_run_dir(run_dir: Path, identity: dict) -> None:
@@ -77,17 +84,17 @@ def _check_run_dir(run_dir: Path, identity: dict) -> None:
                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
 
 
-def _peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _rows(submodel: Submodel, path: Path, config: SliceConfig, plan: SlicePlan, settings: SweepSettings,
           accounting, directory: Path, seconds_start: float) -> list[dict]:
-    latency = measure_latency(submodel.model, settings.latency_prompt_tokens, settings.latency_decode_tokens,
-                              settings.latency_runs, seed=settings.seed)
-    scores = evaluate_submodel(submodel, settings.suite, limit=settings.limit, seed=settings.seed)
+    device = submodel.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    scores = evaluate_submodel(submodel, settings.suite, limit=settings.limit, seed=settings.seed,
+                               bos_policy=settings.bos_policy)
+    # Peak memory per config is measured on CUDA, where the allocator's peak can be reset
+    # between configs. On the CPU the process's peak RSS covers every config before this one
+    # (and the full model's pages), so no per-config figure is recorded there.
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     reference = config.reference
     common = {
         "config": config.name, "config_file": str(path), "submodel_id": plan.submodel_id, "runs_in": runs_in(plan),
@@ -95,17 +102,31 @@ def _rows(submodel: Submodel, path: Path, config: SliceConfig, plan: SlicePlan, 
         "kept_layers": len(submodel.plan.kept_layers),
         "effective_params": accounting.effective_params, "ple_params": accounting.ple_params,
         "text_params": accounting.text_params, "weight_bytes": submodel.weight_bytes,
-        "ple_bytes": submodel.ple_bytes, "prefill_tokens_per_s": latency.prefill_tokens_per_s,
-        "decode_tokens_per_s": latency.decode_tokens_per_s,
-        "peak_memory_bytes": _peak_memory_bytes(submodel.device),
+        "ple_bytes": submodel.ple_bytes, **dict.fromkeys(LATENCY_FIELDS), "peak_memory_bytes": peak,
         "stated_effective_params_b": reference.effective_params_b if reference else None,
         "stated_mmlu": reference.mmlu_pt_accuracy if reference else None,
-        "mode": "materialized" if settings.materialize else "elastic", "device": latency.device,
-        "dtype": latency.dtype, "seed": settings.seed, "limit": settings.limit, "tool_version": __version__,
-        "checkpoint": str(directory), "suite": settings.suite.name,
+        "mode": "materialized" if settings.materialize else "elastic", "device": str(device),
+        "dtype": str(submodel.model.dtype).removeprefix("torch."), "seed": settings.seed, "limit": settings.limit,
+        "bos_policy": settings.bos_policy, "tool_version": __version__, "checkpoint": str(directory),
+        "suite": settings.suite.name,
     }
     elapsed = round(time.perf_counter() - seconds_start, 2)
     return [{**common, **score.as_dict(), "seconds": elapsed} for score in scores]
+
+
+def _measure_latency(run_dir: Path, keys: list[str], configs: list[SliceConfig], loaded: LoadedModel,
+                     settings: SweepSettings, progress: Progress) -> None:
+    """Throughput of every config of the sweep, round-robin on elastic submodels, written into
+    each config's rows (rewritten atomically one by one: a kill leaves rows to measure again)."""
+    models = {key: select_submodel(loaded, config).model for key, config in zip(keys, configs)}
+    progress.start(settings.latency_rounds, description="latency, round-robin")
+    measured = round_robin_latency(models, settings.latency_prompt_tokens, settings.latency_decode_tokens,
+                                   settings.latency_rounds, settings.seed, on_round=lambda _: progress.advance())
+    for key, latency in measured.items():
+        values = latency.as_dict()
+        fields = {name: values[name] for name in LATENCY_FIELDS if name in values}
+        fields.update(latency_rounds=latency.rounds, latency_threads=latency.threads, latency_device=latency.device)
+        record_config(run_dir, key, [{**row, **fields} for row in recorded_rows(run_dir, key)])
 
 
 def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, settings: SweepSettings,
@@ -150,4 +171,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
         record_config(run_dir, key, rows)
         evaluated.append(key)
         progress.advance()
+    if any(recorded_rows(run_dir, key)[0]["decode_tokens_per_s"] is None for key in keys):
+        loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
+        _measure_latency(run_dir, keys, [config for _, config in configs], loaded, settings, progress)
     return evaluated
