@@ -118,15 +118,20 @@ def test_suite_errors_are_named(tmp_path, tiny_text):
     assert result.exit_code == 1 and "task_dirs entry 'nowhere' is not a directory" in result.stderr
 
 
-def test_hub_suite_offline_fails_with_a_clear_message():
-    """The model-card suite needs the Hub; offline it stops with one line naming the task."""
+def test_hub_suite_offline_fails_before_any_work_naming_the_datasets(tmp_path):
+    """The model-card suite needs the Hub; offline, with nothing cached, eval and sweep stop before
+    loading anything with one line naming every dataset (and the tasks that read it)."""
     import os
 
-    repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    completed = subprocess.run([sys.executable, "-m", "matlab", "eval", "nano", "--suite",
-                                str(repo / "evals" / "gemma3n-model-card.yaml"), "--limit", "1"],
-                               capture_output=True, text=True, env=env, timeout=600)
-    assert completed.returncode != 0
-    assert "error: task 'hellaswag' could not load its dataset" in completed.stderr
-    assert "need a network connection" in completed.stderr and "Traceback" not in completed.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "c"),
+           "HF_HUB_CACHE": str(tmp_path / "h")}
+    for command in (["eval", "nano"], ["sweep", "nano", "--configs", "nano", "--out", str(tmp_path / "run")]):
+        completed = subprocess.run([sys.executable, "-m", "matlab", *command, "--suite", "gemma3n-model-card",
+                                    "--limit", "1"], capture_output=True, text=True, env=env, timeout=600)
+        assert completed.returncode == 1 and "Traceback" not in completed.stderr
+        line = completed.stderr.strip()
+        assert line.startswith("error: suite gemma3n-model-card needs Hugging Face datasets") and "\n" not in line
+        for dataset in ("Rowan/hellaswag (hellaswag)", "EleutherAI/drop (drop)", "SaylorTwift/bbh (bbh_cot_fewshot)",
+                        "google-research-datasets/nq_open (nq_open)", "allenai/ai2_arc (arc_challenge, arc_easy)"):
+            assert dataset in line
+    assert not (tmp_path / "run").exists()

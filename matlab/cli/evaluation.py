@@ -35,11 +35,13 @@ def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint dire
     """Evaluate one model (or one elastic slice) on a suite."""
     from matlab.bundled import resolve_suite
     from matlab.harness.evaluate import evaluate_submodel
+    from matlab.harness.hub_data import require_datasets
     from matlab.harness.lm import check_bos_policy
     from matlab.harness.suite import load_suite
 
     with reported_errors(), quiet_evaluation():
         loaded_suite = load_suite(resolve_suite(suite))
+        require_datasets(loaded_suite)
         submodel = load_submodel(checkpoint, config, device, dtype)
         scores = evaluate_submodel(submodel, loaded_suite, limit=limit, bos_policy=check_bos_policy(bos_policy))
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from matlab.core.submodel import Submodel
+from matlab.harness.hub_data import task_manager
 from matlab.harness.lm import DEFAULT_BOS_POLICY, MatformerLM
 from matlab.harness.suite import Suite, SuiteError, local_task_configs
 
@@ -42,12 +43,10 @@ def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None
     """Every metric of every task of `suite`; `limit` caps the documents per task; `bos_policy`
     decides BOS in rolling log-likelihood windows (`matlab.harness.lm`)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     local = local_task_configs(suite)
-    # Indexing lm-eval's thousands of bundled task files takes a minute; skip it when the
-    # suite only runs local tasks.
-    manager = TaskManager(include_defaults=any(task.name not in local for task in suite.tasks))
+    # Indexing lm-eval's bundled task files takes seconds; skip it when the suite only runs local tasks.
+    manager = task_manager(any(task.name not in local for task in suite.tasks))
     lm = MatformerLM(submodel, batch_size=batch_size, bos_policy=bos_policy)
     scores: list[TaskScore] = []
     for task in suite.tasks:

@@ -51,7 +51,7 @@ def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *,
                   higher_is_better: bool = True, reference: tuple[list[float], list[float], list[str]] | None = None,
                   compare: tuple[list[float], list[float], list[str], str] | None = None,
                   found: tuple[list[float], list[float], list[str]] | None = None,
-                  budget: float | None = None) -> bytes:
+                  budget: float | None = None, published: list[tuple[float, float, str]] | None = None) -> bytes:
     """Score against cost, every point labelled, the Pareto frontier (of the configs and the
     configs a search found, together) drawn and highlighted."""
     figure, axes = plt.subplots(figsize=(8.4, 5.0))
@@ -74,10 +74,13 @@ def tradeoff_plot(labels: list[str], costs: list[float], scores: list[float], *,
         _place_labels(axes, found[2], found[0], found[1], placed, "#a86a00")
     if compare:
         _place_labels(axes, compare[2], compare[0], compare[1], placed, "#3e6fb0")
-    if reference:
-        twin = axes.twinx()
-        twin.scatter(reference[0], reference[1], marker="^", color="#2f8a57", label="stated by source")
-        twin.set_ylabel("stated figure (source's metric)", color="#2f8a57")
+    if reference:  # the same metric as measured, stated per config by the configs' source
+        axes.scatter(reference[0], reference[1], marker="^", color="#2f8a57", zorder=4, label="stated by source")
+    if published:
+        axes.scatter([x for x, _, _ in published], [y for _, y, _ in published], marker="D", s=40,
+                     facecolors="none", edgecolors="#7b3fa0", linewidths=1.5, zorder=5, label="published")
+        _place_labels(axes, [label for _, _, label in published], [x for x, _, _ in published],
+                      [y for _, y, _ in published], placed, "#7b3fa0")
     axes.set_xlabel(cost_label)
     axes.set_ylabel(score_label)
     axes.grid(alpha=0.3)

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from matlab.errors import MatformerError
+from matlab.harness import published
 from matlab.harness.pareto import pareto_front
 from matlab.harness.results import RUN_FILE, read_results
 from matlab.io.staging import staged_output
@@ -73,6 +74,16 @@ def _latency_note(rows) -> str:
             "process's peak covers every config before it).")
 
 
+def _reference(suite_model, task: str, row) -> float | None:
+    """The figure published for this config on this task (the model card's, or the one its
+    slice config states), to show beside the measured one."""
+    match = published.published_for(suite_model, task, int(row["effective_params"]))
+    if match:
+        return match[1]
+    suite_task = published.task_of(suite_model, task)
+    return _stated(row.get("stated_mmlu")) if suite_task and suite_task.stated_field else None
+
+
 def _search_results(run_dir: Path, search: Path | None):
     """(search.json, candidates, the found configs' sweep rows or None) of the search whose
     results the report shows: `search`, or the search whose confirm run `run_dir` is."""
@@ -105,6 +116,7 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
     run_dir, out = Path(run_dir), Path(out)
     frame, run = _load(run_dir)
     search_summary, candidates, found_frame = _search_results(run_dir, Path(search) if search else None)
+    suite_model = published.run_suite(run)
     found_ids = {entry["submodel_id"] for entry in search_summary["frontier"]} if search_summary else set()
     budget = (search_summary or {}).get("budget", {})
     suite = run.get("identity", {}).get("suite", {})
@@ -119,10 +131,12 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         series = _metric_series(frame, task, metric)
         if series.empty:
             continue
-        stated = series.dropna(subset=["stated_effective_params_b", "stated_mmlu"]) \
-            if {"stated_effective_params_b", "stated_mmlu"} <= set(series.columns) else series.iloc[0:0]
-        reference = (list(stated["stated_effective_params_b"] * 1e9), list(stated["stated_mmlu"]),
-                     list(stated["config"])) if len(stated) else None
+        suite_task = published.task_of(suite_model, task)
+        stated = series.dropna(subset=["stated_mmlu"]) if suite_task and suite_task.stated_field and \
+            "stated_mmlu" in series.columns else series.iloc[0:0]
+        reference = (list(stated["effective_params"]), list(stated["stated_mmlu"]), list(stated["config"])) \
+            if len(stated) else None
+        published_marks = published.marks(suite_model, task)
         overlay = None
         if compare_frame is not None:
             other = _metric_series(compare_frame, task, metric)
@@ -135,11 +149,13 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         svg = plots.tradeoff_plot(list(series["config"]), list(series["effective_params"]), list(series["value"]),
                                   cost_label="effective parameters", score_label=f"{task} {metric}",
                                   higher_is_better=higher, reference=reference, compare=overlay, found=found,
-                                  budget=budget.get("max_params") if found else None)
+                                  budget=budget.get("max_params") if found else None, published=published_marks)
         figures.append(_plot(f"{task} ({metric}) against effective parameters", svg,
                              "Red: Pareto frontier (no other config is both smaller and better)."
                              + (" Stars: configs found by `matformer search` (dashed: its budget)." if found else "")
                              + (" Triangles: figures stated by the configs' source." if reference else "")
+                             + (" Diamonds: the published figures, at the published models' effective parameters."
+                                if published_marks else "")
                              + (f" Crosses: {compare_label}." if overlay else "")))
     for cost_column, cost_label, transform in (("weight_bytes", "submodel weight bytes", lambda v: v),
                                                ("decode_tokens_per_s", "decode latency (ms per token)",
@@ -181,7 +197,8 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         for task, metric in columns:
             match = all_rows[(all_rows["submodel_id"] == config["submodel_id"]) & (all_rows["task"] == task)
                              & (all_rows["metric"] == metric)]
-            values.append("" if match.empty else f"{match['value'].iloc[0]:.4g}")
+            values.append(published.cell(None if match.empty else float(match["value"].iloc[0]),
+                                         _reference(suite_model, task, config)))
         runtimes = config.get("runs_in")
         values += [f"{config['effective_params']:,}", f"{config['weight_bytes']:,}", _peak_memory(config),
                    _throughput(config, "decode_tokens_per_s"), _throughput(config, "prefill_tokens_per_s"),
@@ -211,7 +228,12 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
             "effective params", "weight bytes", "peak memory", "decode tok/s (range)", "prefill tok/s (range)",
             "runs in"],
         searched=search_summary is not None,
-        result_rows=result_rows, configs=configs, provenance=provenance)
+        result_rows=result_rows, configs=configs, provenance=provenance,
+        published_rows=published.comparison(suite_model, {
+            (task, int(params)): float(value) for task, metric, params, value
+            in zip(frame["task"], frame["metric"], frame["effective_params"], frame["value"])
+            if (task, metric) in set(columns)}),
+        published_note=published.dtype_note(suite_model, str(primary["dtype"].iloc[0])))
     with staged_output(out, force) as temporary:
         (temporary / REPORT_NAME).write_text(html, encoding="utf-8")
     return out / REPORT_NAME

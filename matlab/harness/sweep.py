@@ -25,6 +25,7 @@ from matlab.core.loading import LoadedModel, load_model
 from matlab.core.submodel import Submodel, select_submodel
 from matlab.errors import MatformerError
 from matlab.harness.evaluate import evaluate_submodel
+from matlab.harness.hub_data import require_datasets
 from matlab.harness.lm import DEFAULT_BOS_POLICY
 from matlab.harness.results import RUN_FILE, finished_keys, record_config, recorded_rows, write_atomic
 from matlab.harness.suite import Suite
@@ -147,6 +148,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
             raise SweepError(f"{first_path[key]} and {path} describe the same submodel (kept layers and widths); "
                              "list one of them")
         first_path[key] = path
+    require_datasets(settings.suite)  # offline and uncached: one line now, not a failure mid-sweep
     _check_run_dir(run_dir, _run_identity(directory, settings))
     done = finished_keys(run_dir)
     progress.start(len(configs), completed=len(done & set(keys)), description="sweep")

@@ -116,9 +116,11 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
     texts, calibration_source = _calibration_texts(settings)
     suite = None
     if settings.confirm_suite is not None:
+        from matlab.harness.hub_data import require_datasets
         from matlab.harness.suite import load_suite
 
         suite = load_suite(settings.confirm_suite)
+        require_datasets(suite)
     budget = Budget(settings.max_params, settings.max_bytes)
     arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
     # What makes two searches the same search: everything but where it writes, how far it goes
