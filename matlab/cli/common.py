@@ -34,6 +34,13 @@ SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.y
 BosOpt = Annotated[str, typer.Option(
     "--bos-policy", help="BOS in rolling log-likelihood (perplexity) windows: lm-eval (HFLM's default, comparable "
                          "with published numbers) or single (one BOS per window).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Spread the work over this many Ray workers, each loading the model once "
+                             "(pip install 'matformer-lab[distributed]').")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="A running Ray cluster ('auto', or host:port); without it --workers starts Ray locally.")]
+GpusOpt = Annotated[Optional[float], typer.Option(
+    "--gpus-per-worker", min=0, help="GPUs per worker (default: 1 with a CUDA --device, else 0).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 
 
@@ -154,6 +161,17 @@ def facts_of(checkpoint: str | None, arch: str | None):
         return facts_from_arch(arch), None
     directory = resolve_checkpoint(checkpoint)
     return facts_from_checkpoint(directory), directory
+
+
+def pool_settings(workers: int | None, address: str | None, gpus: float | None):
+    """The Ray pool the options ask for (None: run here, serially)."""
+    from matlab.distributed.pool import PoolSettings
+
+    if workers is None:
+        if address is not None or gpus is not None:
+            raise usage_error("--ray-address and --gpus-per-worker go with --workers N")
+        return None
+    return PoolSettings(workers, address, gpus)
 
 
 def config_paths(entries: list[str]) -> list[Path]:

@@ -16,12 +16,16 @@ from matlab.cli.common import (
     DeviceOpt,
     DtypeOpt,
     ForceOpt,
+    GpusOpt,
     JsonOpt,
     LimitOpt,
+    RayAddressOpt,
     RichProgress,
     SuiteOpt,
+    WorkersOpt,
     config_paths,
     console,
+    pool_settings,
     quiet_evaluation,
     reported_errors,
     say,
@@ -63,6 +67,7 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
           bos_policy: BosOpt = "lm-eval",
           latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
+          workers: WorkersOpt = None, ray_address: RayAddressOpt = None, gpus_per_worker: GpusOpt = None,
           device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
     from matlab.bundled import resolve_suite
@@ -74,7 +79,8 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
         paths = config_paths(configs)
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
                                  dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds)
-        evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress)
+        evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress,
+                              pool=pool_settings(workers, ray_address, gpus_per_worker))
     say(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "
         f"results in {out / 'results.jsonl'}")
 

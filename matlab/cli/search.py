@@ -13,11 +13,15 @@ from rich.table import Table
 from matlab.cli.common import (
     DeviceOpt,
     DtypeOpt,
+    GpusOpt,
     JsonOpt,
     LimitOpt,
+    RayAddressOpt,
     RichProgress,
+    WorkersOpt,
     console,
     fail_line,
+    pool_settings,
     quiet_evaluation,
     reported_errors,
     say,
@@ -68,7 +72,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
            top_k: Annotated[int, typer.Option(min=1, help="Full-model tokens kept per position for kl.")] = 256,
            confirm_suite: Annotated[Optional[str], typer.Option(
                help="Evaluate the frontier on this suite afterwards (DIR/confirm, a sweep run).")] = None,
-           limit: LimitOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+           limit: LimitOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
+           gpus_per_worker: GpusOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
            as_json: JsonOpt = False) -> None:
     """Find the Pareto set of slices (cost against objective) under a budget; a killed search resumes."""
     from matlab.bundled import resolve_suite
@@ -80,7 +85,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
-        strategy=strategy, confirm_limit=limit)
+        strategy=strategy, confirm_limit=limit, pool=pool_settings(workers, ray_address, gpus_per_worker))
     with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         if confirm_suite is not None:
             settings = SearchSettings(**{**settings.__dict__, "confirm_suite": resolve_suite(confirm_suite)})

@@ -121,6 +121,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
         keep_on_cpu(ple, target)
     else:
         model.to(target)
+    model.tie_weights()  # moving to the meta device unties them
     model.eval()
     return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
 

@@ -20,9 +20,10 @@ import torch
 from matlab import __version__
 from matlab.accounting import count_parameters
 from matlab.architecture import facts_from_checkpoint
-from matlab.core.latency import round_robin_latency
+from matlab.core.latency import Latency, round_robin_latency
 from matlab.core.loading import LoadedModel, load_model
 from matlab.core.submodel import Submodel, select_submodel
+from matlab.distributed.pool import PoolSettings
 from matlab.errors import MatformerError
 from matlab.harness.evaluate import evaluate_submodel
 from matlab.harness.hub_data import require_datasets
@@ -72,6 +73,7 @@ def _run_identity(directory: Path, settings: SweepSettings) -> dict:
 
 
 def _check_run_dir(run_dir: Path, identity: dict) -> None:
+    """Refuse a run directory that holds another sweep (writes nothing)."""
     run_file = run_dir / RUN_FILE
     if run_file.is_file():
         previous = json.loads(run_file.read_text(encoding="utf-8"))["identity"]
@@ -79,7 +81,11 @@ def _check_run_dir(run_dir: Path, identity: dict) -> None:
             changed = sorted(key for key in identity if previous.get(key) != identity[key])
             raise SweepError(f"{run_dir} holds a sweep with different {', '.join(changed)}; resume it with the "
                              "same settings, or choose another --out")
-    else:
+
+
+def _start_run_dir(run_dir: Path, identity: dict) -> None:
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_file, json.dumps({"identity": identity, "tool_version": __version__,
                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
@@ -115,14 +121,26 @@ def _rows(submodel: Submodel, path: Path, config: SliceConfig, plan: SlicePlan, 
     return [{**common, **score.as_dict(), "seconds": elapsed} for score in scores]
 
 
-def _measure_latency(run_dir: Path, keys: list[str], configs: list[SliceConfig], loaded: LoadedModel,
-                     settings: SweepSettings, progress: Progress) -> None:
-    """Throughput of every config of the sweep, round-robin on elastic submodels, written into
-    each config's rows (rewritten atomically one by one: a kill leaves rows to measure again)."""
-    models = {key: select_submodel(loaded, config).model for key, config in zip(keys, configs)}
-    progress.start(settings.latency_rounds, description="latency, round-robin")
-    measured = round_robin_latency(models, settings.latency_prompt_tokens, settings.latency_decode_tokens,
-                                   settings.latency_rounds, settings.seed, on_round=lambda _: progress.advance())
+def evaluate_config(loaded: LoadedModel, path: Path, config: SliceConfig, plan: SlicePlan, settings: SweepSettings,
+                    accounting, directory: Path) -> list[dict]:
+    """The result rows of one config, evaluated as an elastic submodel of `loaded` (the serial
+    sweep and every distributed worker run this)."""
+    started = time.perf_counter()
+    submodel = select_submodel(loaded, config, str(path))
+    return _rows(submodel, path, config, plan, settings, accounting, directory, started)
+
+
+def config_latencies(loaded: LoadedModel, configs: dict[str, SliceConfig], settings: SweepSettings,
+                     on_round=None) -> dict[str, Latency]:
+    """Throughput of every config, round-robin on elastic submodels of `loaded`."""
+    models = {key: select_submodel(loaded, config).model for key, config in configs.items()}
+    return round_robin_latency(models, settings.latency_prompt_tokens, settings.latency_decode_tokens,
+                               settings.latency_rounds, settings.seed, on_round=on_round)
+
+
+def _write_latencies(run_dir: Path, measured: dict[str, Latency]) -> None:
+    """Each config's rows with its throughput, rewritten atomically one by one (a kill leaves
+    the others to measure again)."""
     for key, latency in measured.items():
         values = latency.as_dict()
         fields = {name: values[name] for name in LATENCY_FIELDS if name in values}
@@ -131,9 +149,10 @@ def _measure_latency(run_dir: Path, keys: list[str], configs: list[SliceConfig],
 
 
 def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, settings: SweepSettings,
-              progress: Progress = NO_PROGRESS) -> list[str]:
+              progress: Progress = NO_PROGRESS, pool: PoolSettings | None = None) -> list[str]:
     """Evaluate every config not yet recorded in `run_dir`; returns the keys evaluated now.
-    `progress` counts configs and names the one being evaluated."""
+    `progress` counts configs and names the one being evaluated. With `pool`, the configs are
+    spread over Ray workers (`matlab.distributed`); the rows are the same."""
     from matlab.resolve import resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
@@ -148,19 +167,47 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
             raise SweepError(f"{first_path[key]} and {path} describe the same submodel (kept layers and widths); "
                              "list one of them")
         first_path[key] = path
+    if pool is not None and settings.materialize:
+        raise SweepError("--materialize slices every config to one machine's disk; run it without --workers")
     require_datasets(settings.suite)  # offline and uncached: one line now, not a failure mid-sweep
-    _check_run_dir(run_dir, _run_identity(directory, settings))
+    identity = _run_identity(directory, settings)
+    _check_run_dir(run_dir, identity)
     done = finished_keys(run_dir)
-    progress.start(len(configs), completed=len(done & set(keys)), description="sweep")
+    todo = [(path, config, key, plan) for (path, config), key, plan in zip(configs, keys, plans) if key not in done]
+    by_key = {key: config for (_, config), key in zip(configs, keys)}
+    needs_latency = bool(todo) or any(recorded_rows(run_dir, key)[0]["decode_tokens_per_s"] is None for key in keys)
+    evaluated: list[str] = []
+
+    def record(key: str, rows: list[dict]) -> None:
+        record_config(run_dir, key, rows)
+        evaluated.append(key)
+        progress.advance()
+
+    if pool is not None and needs_latency:
+        from matlab.distributed.pool import WorkerPool
+
+        # The cluster is joined (or Ray started) before anything is written: an unreachable
+        # cluster leaves no run directory behind.
+        with WorkerPool(str(checkpoint), settings.device, settings.dtype, pool) as workers:
+            _start_run_dir(run_dir, identity)
+            progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
+            progress.describe(f"evaluating on {pool.workers} workers")
+            payloads = [{"path": path, "config": config, "plan": plan, "settings": settings, "directory": directory,
+                         "accounting": count_parameters(inventory, facts, plan, text_only=True)}
+                        for path, config, _, plan in todo]
+            workers.map("sweep_config", payloads, on_result=lambda index, rows: record(todo[index][2], rows))
+            # Throughput on one worker while the others are idle: comparable with a serial run.
+            progress.describe("latency, round-robin on one worker")
+            _write_latencies(run_dir, workers.call("latencies", {"configs": by_key, "settings": settings}))
+        return evaluated
+    _start_run_dir(run_dir, identity)
+    progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
     loaded: LoadedModel | None = None
-    evaluated = []
-    for (path, config), key, plan in zip(configs, keys, plans):
-        if key in done:
-            continue
+    for path, config, key, plan in todo:
         progress.describe(f"evaluating {config.name}")
-        started = time.perf_counter()
         accounting = count_parameters(inventory, facts, plan, text_only=True)
         if settings.materialize:
+            started = time.perf_counter()
             target = run_dir / "materialized" / key
             slice_checkpoint(directory, config, target, config_source=str(path), text_only=True, force=True)
             submodel = select_submodel(load_model(target, device=settings.device, dtype=settings.dtype), None)
@@ -168,12 +215,10 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
             shutil.rmtree(target, ignore_errors=True)
         else:
             loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
-            submodel = select_submodel(loaded, config, str(path))
-            rows = _rows(submodel, path, config, plan, settings, accounting, directory, started)
-        record_config(run_dir, key, rows)
-        evaluated.append(key)
-        progress.advance()
-    if any(recorded_rows(run_dir, key)[0]["decode_tokens_per_s"] is None for key in keys):
+            rows = evaluate_config(loaded, path, config, plan, settings, accounting, directory)
+        record(key, rows)
+    if needs_latency:
         loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
-        _measure_latency(run_dir, keys, [config for _, config in configs], loaded, settings, progress)
+        progress.start(settings.latency_rounds, description="latency, round-robin")
+        _write_latencies(run_dir, config_latencies(loaded, by_key, settings, on_round=lambda _: progress.advance()))
     return evaluated

@@ -8,8 +8,12 @@
 3. NSGA-II (optuna's `NSGAIISampler`, constraint-dominance for the budget and for validity)
    refines from a first generation seeded with the path's points, until `max_evals`.
 
-Evaluations go through `Evaluator`, which caches by submodel identity: a duplicate costs
-nothing, and a resumed search replays the same deterministic sequence from its journal.
+Candidates are evaluated in batches whose makeup does not depend on how they are evaluated:
+all of phase 1 at once, the path's points at once, one NSGA-II generation at a time (asked
+whole, evaluated, told in order), so a search spread over many workers evaluates the same
+candidates in the same order as a serial one. Evaluations go through `Evaluator`, which caches
+by submodel identity: a duplicate costs nothing, and a resumed search replays the same
+deterministic sequence from its journal.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class EvaluationsExhausted(Exception):
 class Evaluator:
     """Objective values by submodel identity; counts distinct candidates up to `max_evals`."""
 
-    measure: Callable[[Candidate, str], float]  # (candidate, phase) -> objective, uncached
+    measure: Callable[[list[Candidate], str], list[float]]  # (candidates, phase) -> objectives, uncached
     max_evals: int
 
     def __post_init__(self) -> None:
@@ -41,12 +45,22 @@ class Evaluator:
     def remaining(self) -> int:
         return self.max_evals - len(self.values)
 
+    def many(self, candidates: list[Candidate], phase: str) -> list[float]:
+        """Objectives of `candidates`, in order: the new distinct ones are measured as one batch,
+        cut to the evaluations left (raising EvaluationsExhausted once those are recorded)."""
+        new: dict[str, Candidate] = {}
+        for candidate in candidates:
+            if candidate.submodel_id not in self.values:
+                new.setdefault(candidate.submodel_id, candidate)
+        batch = list(new.values())[:max(self.remaining, 0)]
+        for candidate, value in zip(batch, self.measure(batch, phase) if batch else []):
+            self.values[candidate.submodel_id] = value
+        if len(batch) < len(new):
+            raise EvaluationsExhausted
+        return [self.values[candidate.submodel_id] for candidate in candidates]
+
     def __call__(self, candidate: Candidate, phase: str) -> float:
-        if candidate.submodel_id not in self.values:
-            if self.remaining <= 0:
-                raise EvaluationsExhausted
-            self.values[candidate.submodel_id] = self.measure(candidate, phase)
-        return self.values[candidate.submodel_id]
+        return self.many([candidate], phase)[0]
 
 
 def _with(genes: dict[str, int], gene: str, value: int) -> dict[str, int]:
@@ -117,16 +131,13 @@ def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed:
 def _sensitivity_seeds(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> list[dict[str, int]]:
     """Phases 1 and 2: the single-move effects from the full model, then the greedy path they imply."""
     full = space.decode(space.full_genes)
-    baseline = evaluate(full, "sensitivity")
-    effects = {}
-    for gene, value in single_moves(space):
-        candidate = space.decode(_with(space.full_genes, gene, value))
-        if candidate.valid:
-            effects[(gene, value)] = (evaluate(candidate, "sensitivity") - baseline,
-                                      float(budget.cost(full) - budget.cost(candidate)))
+    moves = [(move, space.decode(_with(space.full_genes, *move))) for move in single_moves(space)]
+    moves = [(move, candidate) for move, candidate in moves if candidate.valid]
+    baseline, *values = evaluate.many([full] + [candidate for _, candidate in moves], "sensitivity")
+    effects = {move: (value - baseline, float(budget.cost(full) - budget.cost(candidate)))
+               for (move, candidate), value in zip(moves, values)}
     seeds = greedy_path(space, budget, effects)
-    for genes in seeds:
-        evaluate(space.decode(genes), "path")
+    evaluate.many([space.decode(genes) for genes in seeds], "path")
     return seeds + neighbours(space, budget, seeds[0]) if seeds else seeds
 
 
@@ -146,6 +157,8 @@ def neighbours(space: SearchSpace, budget: Budget, genes: dict[str, int]) -> lis
 
 def _nsga2(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, seeds: list[dict[str, int]],
            population: int | None) -> None:
+    """One generation at a time: ask `size` trials, evaluate the feasible ones together, tell
+    all in the order asked (infeasible ones with the constraint that rules them out)."""
     import optuna
 
     size = population or max(8, min(32, evaluate.max_evals // 8))
@@ -153,46 +166,52 @@ def _nsga2(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, s
                                 sampler=optuna.samplers.NSGAIISampler(population_size=size, seed=seed))
     for genes in seeds:
         study.enqueue_trial(genes)
-    for _ in range(20 * evaluate.max_evals):  # a cap on asks, for spaces that are mostly infeasible
-        trial = study.ask()
-        genes = {gene: trial.suggest_categorical(gene, space.choices(gene)) for gene in space.gene_names}
-        candidate = space.decode(genes)
-        excess = budget.excess(candidate) if candidate.valid else 1.0
-        trial.set_constraint("valid", 0.0 if candidate.valid else 1.0)  # feasible: every constraint <= 0
-        trial.set_constraint("budget", excess)
-        value = evaluate(candidate, "evolution") if candidate.valid and excess <= 0 else INFEASIBLE
-        study.tell(trial, [float(budget.cost(candidate)), value])
+    for _ in range(20 * evaluate.max_evals // size + 1):  # a cap on asks, for spaces that are mostly infeasible
+        trials, candidates = [], []
+        for _ in range(size):
+            trial = study.ask()
+            genes = {gene: trial.suggest_categorical(gene, space.choices(gene)) for gene in space.gene_names}
+            trials.append(trial)
+            candidates.append(space.decode(genes))
+        feasible = [c for c in candidates if c.valid and budget.excess(c) <= 0]
+        values = dict(zip((c.submodel_id for c in feasible), evaluate.many(feasible, "evolution")))
+        for trial, candidate in zip(trials, candidates):
+            excess = budget.excess(candidate) if candidate.valid else 1.0
+            trial.set_constraint("valid", 0.0 if candidate.valid else 1.0)  # feasible: every constraint <= 0
+            trial.set_constraint("budget", excess)
+            study.tell(trial, [float(budget.cost(candidate)), values.get(candidate.submodel_id, INFEASIBLE)])
 
 
 def _greedy_descent(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> None:
+    """From the full model, measure every one-step move (one batch per step) and take the
+    cheapest loss per cost saved, until nothing is left to take."""
     genes = dict(space.full_genes)
     current = evaluate(space.decode(genes), "greedy")
     while True:
-        options = []
-        here = space.decode(genes)
+        here, options = space.decode(genes), []
         for gene in space.gene_names:
             if gene.startswith("skip_"):
                 value = None if genes[gene] else 1
             else:
                 value = _narrower(space, genes[gene])
-            if value is None:
-                continue
-            candidate = space.decode(_with(genes, gene, value))
-            saved = budget.cost(here) - budget.cost(candidate)
-            if candidate.valid and saved > 0:
-                loss = evaluate(candidate, "greedy") - current
-                options.append((max(loss, 0.0) / saved, gene, value, loss))
+            if value is not None:
+                candidate = space.decode(_with(genes, gene, value))
+                if candidate.valid and budget.cost(here) - budget.cost(candidate) > 0:
+                    options.append((gene, value, candidate))
         if not options:
             return
-        _, gene, value, loss = min(options)
+        losses = evaluate.many([candidate for _, _, candidate in options], "greedy")
+        _, gene, value, loss = min((max(loss - current, 0.0) / (budget.cost(here) - budget.cost(candidate)), gene,
+                                    value, loss - current)
+                                   for (gene, value, candidate), loss in zip(options, losses))
         genes, current = _with(genes, gene, value), current + loss
 
 
-def _random_search(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int) -> None:
+def _random_search(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, batch: int = 16) -> None:
     import random
 
     generator = random.Random(seed)
-    for _ in range(20 * evaluate.max_evals):
-        candidate = space.decode({gene: generator.choice(space.choices(gene)) for gene in space.gene_names})
-        if candidate.valid and budget.excess(candidate) <= 0:
-            evaluate(candidate, "random")
+    for _ in range(20 * evaluate.max_evals // batch + 1):
+        candidates = [space.decode({gene: generator.choice(space.choices(gene)) for gene in space.gene_names})
+                      for _ in range(batch)]
+        evaluate.many([c for c in candidates if c.valid and budget.excess(c) <= 0], "random")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +149,18 @@ def perplexity_of(model: PreTrainedModel, calibration: Calibration) -> float:
         total -= float(logprobs.gather(-1, targets[..., None]).double().sum())
         count += targets.numel()
     return math.exp(total / count)
+
+
+def measure_candidate(full: PreTrainedModel, plan, calibration: Calibration,
+                      reference: Reference | None) -> tuple[float, float, float]:
+    """(objective, seconds to build the elastic submodel, seconds to evaluate it) of one
+    candidate of `full` (`plan` on the full model's text layout): KL to `reference`, or
+    perplexity without one."""
+    from matlab.core.elastic import build_submodel
+
+    started = time.perf_counter()
+    submodel = build_submodel(full, plan)
+    built = time.perf_counter()
+    value = kl_to_reference(submodel, calibration, reference) if reference is not None \
+        else perplexity_of(submodel, calibration)
+    return value, built - started, time.perf_counter() - built

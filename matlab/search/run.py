@@ -9,8 +9,8 @@ from typing import Any
 
 from matlab import __version__
 from matlab.architecture import facts_from_checkpoint
-from matlab.core.elastic import build_submodel
 from matlab.core.loading import load_model
+from matlab.distributed.pool import PoolSettings
 from matlab.errors import InputError
 from matlab.harness.pareto import pareto_front
 from matlab.inventory import inventory_from_checkpoint
@@ -24,9 +24,8 @@ from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, check_dire
 from matlab.search.objective import (
     OBJECTIVES,
     Calibration,
-    kl_to_reference,
     make_calibration,
-    perplexity_of,
+    measure_candidate,
     read_calibration,
     reference_distributions,
     texts_digest,
@@ -55,9 +54,10 @@ class SearchSettings:
     strategy: str = "seeded-nsga2"
     confirm_suite: Path | None = None
     confirm_limit: int | None = None
+    pool: PoolSettings | None = None  # spread the evaluations over Ray workers
 
 
-_NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit")
+_NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool")
 
 
 @dataclass
@@ -129,7 +129,27 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
                 "calibration_sha256": texts_digest(texts)}
     check_directory(settings.out, identity)
-    loaded = load_model(directory, device=settings.device, dtype=settings.dtype)
+    pool = _start_pool(settings)
+    try:
+        return _search(settings, directory, facts, texts, calibration_source, identity, arguments, budget, suite,
+                       pool, progress)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _start_pool(settings: SearchSettings):
+    if settings.pool is None:
+        return None
+    from matlab.distributed.pool import WorkerPool
+
+    return WorkerPool(settings.checkpoint, settings.device, settings.dtype, settings.pool)
+
+
+def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], calibration_source: str,
+            identity: dict, arguments: dict, budget: Budget, suite, pool, progress: Progress) -> SearchResult:
+    # With workers, this process needs the model's shapes only (costs); the workers run it.
+    loaded = load_model(directory, device="meta" if pool else settings.device, dtype=settings.dtype)
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
     if settings.runtime:
         space.check_runtime_can_load_base()
@@ -143,25 +163,42 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
 
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
-    reference = reference_distributions(loaded.model, calibration, settings.top_k) \
-        if settings.objective == "kl" else None
+    reference = None
+    if settings.objective == "kl":
+        reference = pool.call("reference", {"calibration": calibration, "top_k": settings.top_k}) if pool else \
+            reference_distributions(loaded.model, calibration, settings.top_k)
+    if pool:
+        pool.setup("search_setup", {"calibration": calibration, "reference": reference})
     reference_seconds = time.perf_counter() - started
     progress.start(settings.max_evals, description="search")
     timing = {"new": 0, "build": 0.0, "evaluate": 0.0}
     best: list[float] = []
 
-    def measure(candidate: Candidate, phase: str) -> float:
-        cached = journal.by_id.get(candidate.submodel_id)
-        if cached is not None:
-            value = cached["value"]
+    def measure(candidates: list[Candidate], phase: str) -> list[float]:
+        todo = [candidate for candidate in candidates if candidate.submodel_id not in journal.by_id]
+
+        def record(index: int, result: tuple[float, float, float]) -> None:
+            value, build, seconds = result
+            timing["new"] += 1
+            timing["build"] += build
+            timing["evaluate"] += seconds
+            journal.record(_record(todo[index], settings.objective, value, phase, len(journal.records), build,
+                                   seconds))
+
+        if pool:  # recorded as they arrive, so that a kill loses nothing
+            pool.map("search_candidate", [candidate.config() for candidate in todo], on_result=record)
         else:
-            value = _evaluate(candidate, phase, space, loaded, calibration, reference, settings, journal, timing)
-        if budget.excess(candidate) <= 0 and (not best or value < best[0]):
-            best[:] = [value]
-        progress.advance()
+            for index, candidate in enumerate(todo):
+                record(index, measure_candidate(loaded.model, space.text_plan(candidate.config()), calibration,
+                                                reference))
+        values = [journal.by_id[candidate.submodel_id]["value"] for candidate in candidates]
+        for candidate, value in zip(candidates, values):
+            if budget.excess(candidate) <= 0 and (not best or value < best[0]):
+                best[:] = [value]
+        progress.advance(len(candidates))
         if best:
             progress.describe(f"search: best {settings.objective} under budget {best[0]:.4g}")
-        return value
+        return values
 
     evaluator = Evaluator(measure, settings.max_evals)
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
@@ -172,34 +209,21 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
         from matlab.harness.sweep import SweepSettings, run_sweep
 
         frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
-        run_sweep(directory, frontier, settings.out / CONFIRM_DIR,
+        run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
                   SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
-                  progress=progress)
+                  progress=progress, pool=settings.pool)
         result.confirm = settings.out / CONFIRM_DIR
     return result
-
-
-def _evaluate(candidate: Candidate, phase: str, space: SearchSpace, loaded, calibration: Calibration, reference,
-              settings: SearchSettings, journal: Journal, timing: dict) -> float:
-    started = time.perf_counter()
-    submodel = build_submodel(loaded.model, space.text_plan(candidate.config()))
-    built = time.perf_counter()
-    value = kl_to_reference(submodel, calibration, reference) if reference is not None \
-        else perplexity_of(submodel, calibration)
-    finished = time.perf_counter()
-    timing["new"] += 1
-    timing["build"] += built - started
-    timing["evaluate"] += finished - built
-    journal.record(_record(candidate, settings.objective, value, phase, len(journal.records), built - started,
-                           finished - built))
-    return value
 
 
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
             reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> dict[str, Any]:
     """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
-    feasible = [record for record in journal.records if record["submodel_id"] in evaluator.values
-                and budget.excess(space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]))) <= 0]
+    # In identity order, not journal order (workers record as results arrive): the same set gives the same frontier.
+    feasible = sorted((record for record in journal.records if record["submodel_id"] in evaluator.values
+                       and budget.excess(space.candidate(tuple(record["layers_skipped"]),
+                                                         tuple(record["ffn_widths"]))) <= 0),
+                      key=lambda record: record["submodel_id"])
     cost_key = "effective_params" if settings.max_params else "weight_bytes"
     front = [feasible[i] for i in pareto_front([r[cost_key] for r in feasible], [r["value"] for r in feasible],
                                                higher_is_better=False)]

@@ -1,0 +1,143 @@
+"""Sweeps and searches on Ray (local, 2 CPU workers): the same rows and frontier as serial runs,
+workers and drivers killed mid-run, bad clusters, and Ray missing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from matlab.bundled import resolve_config_entry, resolve_suite
+from matlab.distributed.pool import PoolSettings
+from matlab.harness.suite import load_suite
+from matlab.harness.sweep import SweepSettings, run_sweep
+from matlab.search.run import SearchSettings, run_search
+
+CONFIGS = [path for path in resolve_config_entry("nano") if path.stem in ("nano-e2b", "nano-l1", "nano-s1", "nano-b1",
+                                                                           "nano-e4b", "nano-s3")]
+TIMING = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
+          "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [{key: value for key, value in json.loads(line).items() if key not in TIMING}
+            for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def _settings() -> SweepSettings:
+    return SweepSettings(load_suite(resolve_suite("nano")), limit=3, latency_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("serial") / "run"
+    run_sweep("nano", CONFIGS, run_dir, _settings())
+    return run_dir
+
+
+def test_killed_driver_leaves_a_run_that_resumes_serially(serial, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "matlab", "sweep", "nano", *[arg for path in CONFIGS for arg in ("--configs",
+               str(path))], "--suite", "nano", "--limit", "3", "--latency-rounds", "1", "--out", str(run_dir)]
+    driver = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((run_dir / "configs").glob("*.json"))) < 1:
+        time.sleep(0.2)
+    family = psutil.Process(driver.pid).children(recursive=True)  # the local Ray it started
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    recorded = len(list((run_dir / "configs").glob("*.json")))
+    assert 1 <= recorded < len(CONFIGS), "the kill should land mid-sweep"
+    resumed = subprocess.run(command, capture_output=True, text=True)  # serially, without Ray
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{len(CONFIGS) - recorded} config(s) evaluated, {recorded} already done" in resumed.stdout
+    assert _rows(run_dir) == _rows(serial)
+
+
+def test_unreachable_cluster_and_missing_ray_are_one_line_and_write_nothing(tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "matlab", "sweep", "nano", "--configs", str(CONFIGS[0]), "--suite", "nano",
+            "--limit", "1", "--out", str(out), "--workers", "2"]
+    unreachable = subprocess.run([*base, "--ray-address", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert "--ray-address 127.0.0.1:1: cannot reach the Ray cluster" in unreachable.stderr and not out.exists()
+    blocked = "import sys; sys.modules['ray'] = None; import runpy; sys.argv = ['matformer', *sys.argv[1:]]; " \
+              "runpy.run_module('matlab', run_name='__main__')"
+    missing = subprocess.run([sys.executable, "-c", blocked, *base[3:]], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "pip install 'matformer-lab[distributed]'" in missing.stderr
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_two_workers_give_the_serial_rows(ray_instance, serial, tmp_path):
+    evaluated = run_sweep("nano", CONFIGS, tmp_path / "run", _settings(), pool=PoolSettings(2))
+    assert len(evaluated) == len(CONFIGS)
+    assert _rows(tmp_path / "run") == _rows(serial)
+
+
+def _worker_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any("EvaluationWorker" in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_a_killed_worker_has_its_work_retried_and_nothing_is_lost(ray_instance, serial, tmp_path):
+    run_dir = tmp_path / "run"
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _guarded(errors, run_sweep, "nano", CONFIGS, run_dir, _settings(),
+                                                       pool=PoolSettings(2)))
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((run_dir / "configs").glob("*.json"))) < 1:
+        time.sleep(0.1)
+    victims = _worker_processes()
+    assert victims, "no worker process found to kill"
+    victims[0].kill()
+    thread.join(timeout=600)
+    assert not errors, errors
+    assert _rows(run_dir) == _rows(serial)  # every config once, the same rows
+
+
+def _guarded(errors: list, function, *args, **kwargs) -> None:
+    try:
+        function(*args, **kwargs)
+    except BaseException as error:  # reported to the test's thread
+        errors.append(error)
+
+
+def test_search_frontier_does_not_depend_on_the_number_of_workers(ray_instance, tmp_path):
+    settings = dict(max_params=2_200_000, max_evals=60, window=64, calibration_tokens=256)
+    serial = run_search(SearchSettings("nano", tmp_path / "serial", **settings))
+    parallel = run_search(SearchSettings("nano", tmp_path / "parallel", pool=PoolSettings(2), **settings))
+    assert parallel.summary["frontier"] == serial.summary["frontier"] and parallel.summary["best"] == \
+        serial.summary["best"]
+
+    def evaluated(result):
+        return sorted((json.loads(line)["submodel_id"], json.loads(line)["value"])
+                      for line in (result.directory / "candidates.jsonl").read_text().splitlines())
+    assert evaluated(parallel) == evaluated(serial)
