@@ -8,6 +8,7 @@ other's warm caches or imports.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -60,6 +61,47 @@ def bench_sweep(checkpoint: str, configs: list[Path], suite: Path, work_dir: Pat
             "scores_identical": sum(d == 0 for d in differences), "max_score_difference": max(differences),
             "materialize_over_elastic_seconds": measured["materialize"]["sweep_seconds"]
             / measured["elastic"]["sweep_seconds"]}
+
+
+def bench_workers(checkpoint: str, configs: list[Path], suite: Path, work_dir: Path, limit: int | None = None,
+                  workers: tuple[int, ...] = (1, 2)) -> dict:
+    """A serial sweep against the same sweep on Ray with each number of `workers` (each side in
+    its own process, starting its own local Ray): wall times, ratios, whether the rows are
+    identical (timing fields aside), and the split of a serial sweep's time into loading the
+    model once and evaluating each config, from which the scaling on more workers follows."""
+    import time
+
+    from matlab.core.loading import load_model
+    from matlab.harness.results import RESULTS_FILE, read_results
+    from matlab.harness.suite import load_suite
+
+    load_suite(suite)
+    _check_inputs(checkpoint, configs)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    timing_fields = {"seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
+                     "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads"}
+    measured, rows = {}, {}
+    for count in (0, *workers):
+        name = f"workers-{count}" if count else "serial"
+        run_dir = work_dir / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        args = [checkpoint, str(suite), str(run_dir), *map(str, configs), *(["--limit", str(limit)] if limit else []),
+                *(["--workers", str(count)] if count else [])]
+        inner, wall, rss = run_measured("matlab.bench.run_sweep", args)
+        measured[name] = {"sweep_seconds": inner["seconds"], "process_seconds": wall}
+        lines = (run_dir / RESULTS_FILE).read_text(encoding="utf-8").splitlines()
+        rows[name] = [{k: v for k, v in json.loads(line).items() if k not in timing_fields} for line in lines]
+        if name == "serial":
+            per_config = read_results(run_dir).drop_duplicates("submodel_id")["seconds"]
+    started = time.perf_counter()
+    load_model(checkpoint)
+    load_seconds = time.perf_counter() - started
+    return {"checkpoint": checkpoint, "configs": len(configs), "limit": limit, "runs": measured,
+            "rows_identical": {name: rows[name] == rows["serial"] for name in rows if name != "serial"},
+            "over_serial": {name: numbers["sweep_seconds"] / measured["serial"]["sweep_seconds"]
+                            for name, numbers in measured.items()},
+            "model_load_seconds": load_seconds, "config_seconds_median": float(per_config.median()),
+            "config_seconds_total": float(per_config.sum())}
 
 
 def bench_switch(checkpoint: Path, config: Path, work_dir: Path, dtype: str = "bfloat16", builds: int = 5) -> dict:

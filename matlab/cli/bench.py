@@ -206,3 +206,35 @@ def bench_search_command(
                                                                           for m in metrics))
         console.print(table)
     say(f"reproduce: {result['command']}")
+
+
+@bench_app.command("workers")
+def bench_workers_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
+        configs: Annotated[list[str], typer.Option("--configs", help="Config files, folders or a bundled set.")] = None,
+        suite: SuiteOpt = "nano", limit: LimitOpt = None,
+        workers: Annotated[str, typer.Option(help="Worker counts to compare with serial, comma-separated.")] = "1,2",
+        work_dir: Annotated[Path, typer.Option(help="Scratch space.")] = Path("bench-work/workers"),
+        as_json: JsonOpt = False) -> None:
+    """A serial sweep against the same sweep on Ray workers: wall time, ratios, identical rows."""
+    from matlab.bench.sweep_bench import bench_workers
+    from matlab.bundled import resolve_suite
+
+    with reported_errors():
+        paths = config_paths(configs or ["nano"])
+        try:
+            counts = tuple(int(text) for text in workers.split(","))
+        except ValueError:
+            raise usage_error(f"--workers: cannot read {workers!r}; write counts like 1,2") from None
+        result = bench_workers(checkpoint, paths, resolve_suite(suite), work_dir, limit=limit, workers=counts)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("run", "sweep seconds", "over serial", "rows identical to serial",
+                  title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
+    for name, numbers in result["runs"].items():
+        table.add_row(name, f"{numbers['sweep_seconds']:.1f}", f"{result['over_serial'][name]:.2f}",
+                      str(result["rows_identical"].get(name, "")))
+    console.print(table)
+    say(f"model load {result['model_load_seconds']:.2f} s once per worker; per config "
+        f"{result['config_seconds_median']:.1f} s (median, serial)")
