@@ -66,7 +66,7 @@ def test_killed_driver_leaves_a_run_that_resumes_serially(serial, tmp_path):
     assert _rows(run_dir) == _rows(serial)
 
 
-def test_unreachable_cluster_and_missing_ray_are_one_line_and_write_nothing(tmp_path):
+def test_unreachable_cluster_missing_ray_and_missing_gpus_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "matlab", "sweep", "nano", "--configs", str(CONFIGS[0]), "--suite", "nano",
             "--limit", "1", "--out", str(out), "--workers", "2"]
@@ -77,6 +77,9 @@ def test_unreachable_cluster_and_missing_ray_are_one_line_and_write_nothing(tmp_
               "runpy.run_module('matlab', run_name='__main__')"
     missing = subprocess.run([sys.executable, "-c", blocked, *base[3:]], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "pip install 'matformer-lab[distributed]'" in missing.stderr
+    assert not out.exists()
+    no_gpus = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert no_gpus.returncode == 1 and "the Ray cluster has 0 GPUs, and each worker takes 1" in no_gpus.stderr
     assert not out.exists()
 
 

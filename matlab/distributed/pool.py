@@ -87,6 +87,15 @@ class WorkerPool:
 
         gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else \
             (1.0 if device.startswith("cuda") else 0.0)
+        # Actors the cluster cannot place would wait forever, and so would their work.
+        available = ray.cluster_resources()
+        for resource, each in (("CPU", 1.0), ("GPU", gpus)):
+            if each and available.get(resource, 0.0) < each * settings.workers:
+                if self._started_here:
+                    ray.shutdown()
+                raise DistributedError(f"--workers {settings.workers}: the Ray cluster has "
+                                       f"{available.get(resource, 0.0):g} {resource}s, and each worker takes {each:g}; "
+                                       "use fewer workers (or --gpus-per-worker)")
         self._actor_class = ray.remote(num_cpus=1, num_gpus=gpus)(EvaluationWorker)
         self._arguments = (checkpoint, device, dtype, settings.threads_per_worker)
         self._setups: list[tuple[str, tuple]] = []

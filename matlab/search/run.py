@@ -131,11 +131,20 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
     check_directory(settings.out, identity)
     pool = _start_pool(settings)
     try:
-        return _search(settings, directory, facts, texts, calibration_source, identity, arguments, budget, suite,
-                       pool, progress)
+        result = _search(settings, directory, facts, texts, calibration_source, identity, arguments, budget, pool,
+                         progress)
     finally:
         if pool is not None:
             pool.close()
+    if suite is not None:  # after the search's workers are gone: the sweep starts its own
+        from matlab.harness.sweep import SweepSettings, run_sweep
+
+        frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
+        run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
+                  SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
+                  progress=progress, pool=settings.pool)
+        result.confirm = settings.out / CONFIRM_DIR
+    return result
 
 
 def _start_pool(settings: SearchSettings):
@@ -147,7 +156,7 @@ def _start_pool(settings: SearchSettings):
 
 
 def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], calibration_source: str,
-            identity: dict, arguments: dict, budget: Budget, suite, pool, progress: Progress) -> SearchResult:
+            identity: dict, arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
     # With workers, this process needs the model's shapes only (costs); the workers run it.
     loaded = load_model(directory, device="meta" if pool else settings.device, dtype=settings.dtype)
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
@@ -204,16 +213,7 @@ def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], 
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started)
-    result = SearchResult(settings.out, summary, space.width_warnings())
-    if suite is not None:
-        from matlab.harness.sweep import SweepSettings, run_sweep
-
-        frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
-        run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
-                  SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
-                  progress=progress, pool=settings.pool)
-        result.confirm = settings.out / CONFIRM_DIR
-    return result
+    return SearchResult(settings.out, summary, space.width_warnings())
 
 
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
