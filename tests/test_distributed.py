@@ -78,8 +78,8 @@ def test_unreachable_cluster_missing_ray_and_missing_gpus_are_one_line_and_write
     missing = subprocess.run([sys.executable, "-c", blocked, *base[3:]], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "pip install 'matformer-lab[distributed]'" in missing.stderr
     assert not out.exists()
-    no_gpus = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=120)
-    assert no_gpus.returncode == 1 and "the Ray cluster has 0 GPUs, and each worker takes 1" in no_gpus.stderr
+    too_many = subprocess.run([*base, "--gpus-per-worker", "1000"], capture_output=True, text=True, timeout=120)
+    assert too_many.returncode == 1 and "GPUs, and each worker takes 1000; use fewer workers" in too_many.stderr
     assert not out.exists()
 
 
