@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 from matlab.bundled import resolve_config_entry, resolve_suite
 from matlab.distributed.pool import PoolSettings
+from matlab.harness.report import build_report
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
 from matlab.search.run import SearchSettings, run_search
@@ -25,7 +27,8 @@ from matlab.search.run import SearchSettings, run_search
 CONFIGS = [path for path in resolve_config_entry("nano") if path.stem in ("nano-e2b", "nano-l1", "nano-s1", "nano-b1",
                                                                            "nano-e4b", "nano-s3")]
 TIMING = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
-          "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads")
+          "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads",
+          "latency_measured_on")
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -96,6 +99,12 @@ def test_two_workers_give_the_serial_rows(ray_instance, serial, tmp_path):
     evaluated = run_sweep("nano", CONFIGS, tmp_path / "run", _settings(), pool=PoolSettings(2))
     assert len(evaluated) == len(CONFIGS)
     assert _rows(tmp_path / "run") == _rows(serial)
+    # Where throughput was taken is in every row, and the report says it.
+    place = {json.loads(line)["latency_measured_on"] for line in (tmp_path / "run" / "results.jsonl").open()}
+    assert place == {f"one Ray worker on {socket.gethostname()}, the other workers idle"}
+    assert {json.loads(line)["latency_measured_on"] for line in (serial / "results.jsonl").open()} == {"this process"}
+    page = build_report(tmp_path / "run", tmp_path / "report").read_text()
+    assert "the other workers idle" in page
 
 
 def _worker_processes() -> list[psutil.Process]:

@@ -29,9 +29,12 @@ class EvaluationWorker:
         return evaluate_config(self.loaded, **payload)
 
     def latencies(self, payload: dict[str, Any]) -> dict:
+        import socket
+
         from matlab.harness.sweep import config_latencies
 
-        return config_latencies(self.loaded, payload["configs"], payload["settings"])
+        return {"latencies": config_latencies(self.loaded, payload["configs"], payload["settings"]),
+                "host": socket.gethostname()}
 
     def reference(self, payload: dict[str, Any]):
         from matlab.search.objective import reference_distributions

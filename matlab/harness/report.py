@@ -69,8 +69,11 @@ def _latency_note(rows) -> str:
     rounds, threads = _stated(first.get("latency_rounds")), _stated(first.get("latency_threads"))
     how = f"the median of {int(rounds)} round-robin rounds over all configs, {int(threads)} threads, " \
         if rounds is not None else ""
-    return (f"Latency: {how}on {first.get('latency_device') or first['device']} in {first['dtype']}; the results "
-            "table gives each config's range. Peak memory per config is measured on CUDA only (on the CPU a "
+    place = _stated(first.get("latency_measured_on"))
+    where = f" ({place})" if place and place != "this process" else ""
+    device = first.get("latency_device") or first["device"]
+    return (f"Latency: {how}on {device}{where} in {first['dtype']}; the results table gives "
+            "each config's range. Peak memory per config is measured on CUDA only (on the CPU a "
             "process's peak covers every config before it).")
 
 

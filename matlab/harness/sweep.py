@@ -62,7 +62,10 @@ class SweepSettings:
 RESULTS_FORMAT = 3
 LATENCY_FIELDS = ("prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
                   "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_rounds",
-                  "latency_threads", "latency_device")
+                  "latency_threads", "latency_device", "latency_measured_on")
+# Where throughput was measured when not by the process that wrote the run: with Ray, on one
+# worker while the others sat idle (never side by side on shared cores), on this host.
+SERIAL_LATENCY = "this process"
 
 
 def _run_identity(directory: Path, settings: SweepSettings) -> dict:
@@ -138,13 +141,18 @@ def config_latencies(loaded: LoadedModel, configs: dict[str, SliceConfig], setti
                                settings.latency_rounds, settings.seed, on_round=on_round)
 
 
-def _write_latencies(run_dir: Path, measured: dict[str, Latency]) -> None:
+def ray_latency_place(host: str) -> str:
+    return f"one Ray worker on {host}, the other workers idle"
+
+
+def _write_latencies(run_dir: Path, measured: dict[str, Latency], measured_on: str) -> None:
     """Each config's rows with its throughput, rewritten atomically one by one (a kill leaves
     the others to measure again)."""
     for key, latency in measured.items():
         values = latency.as_dict()
         fields = {name: values[name] for name in LATENCY_FIELDS if name in values}
-        fields.update(latency_rounds=latency.rounds, latency_threads=latency.threads, latency_device=latency.device)
+        fields.update(latency_rounds=latency.rounds, latency_threads=latency.threads, latency_device=latency.device,
+                      latency_measured_on=measured_on)
         record_config(run_dir, key, [{**row, **fields} for row in recorded_rows(run_dir, key)])
 
 
@@ -196,9 +204,11 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
                          "accounting": count_parameters(inventory, facts, plan, text_only=True)}
                         for path, config, _, plan in todo]
             workers.map("sweep_config", payloads, on_result=lambda index, rows: record(todo[index][2], rows))
-            # Throughput on one worker while the others are idle: comparable with a serial run.
+            # Throughput on one worker while the others are idle: comparable with a serial run,
+            # and the rows say where it was taken.
             progress.describe("latency, round-robin on one worker")
-            _write_latencies(run_dir, workers.call("latencies", {"configs": by_key, "settings": settings}))
+            measured = workers.call("latencies", {"configs": by_key, "settings": settings})
+            _write_latencies(run_dir, measured["latencies"], ray_latency_place(measured["host"]))
         return evaluated
     _start_run_dir(run_dir, identity)
     progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
@@ -220,5 +230,6 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
     if needs_latency:
         loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
         progress.start(settings.latency_rounds, description="latency, round-robin")
-        _write_latencies(run_dir, config_latencies(loaded, by_key, settings, on_round=lambda _: progress.advance()))
+        _write_latencies(run_dir, config_latencies(loaded, by_key, settings, on_round=lambda _: progress.advance()),
+                         SERIAL_LATENCY)
     return evaluated
