@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,21 +19,19 @@ import psutil
 import pytest
 
 from matlab.bundled import resolve_config_entry, resolve_suite
-from matlab.distributed.pool import PoolSettings
+from matlab.distributed.pool import DistributedError, PoolSettings, WorkerPool
 from matlab.harness.report import build_report
+from matlab.harness.results import TIMING_FIELDS
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
 from matlab.search.run import SearchSettings, run_search
 
 CONFIGS = [path for path in resolve_config_entry("nano") if path.stem in ("nano-e2b", "nano-l1", "nano-s1", "nano-b1",
                                                                            "nano-e4b", "nano-s3")]
-TIMING = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
-          "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads",
-          "latency_measured_on")
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [{key: value for key, value in json.loads(line).items() if key not in TIMING}
+    return [{key: value for key, value in json.loads(line).items() if key not in TIMING_FIELDS}
             for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
@@ -90,7 +89,7 @@ def test_unreachable_cluster_missing_ray_and_missing_gpus_are_one_line_and_write
 def ray_instance():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -149,7 +148,25 @@ def test_search_frontier_does_not_depend_on_the_number_of_workers(ray_instance, 
     assert parallel.summary["frontier"] == serial.summary["frontier"] and parallel.summary["best"] == \
         serial.summary["best"]
 
-    def evaluated(result):
-        return sorted((json.loads(line)["submodel_id"], json.loads(line)["value"])
-                      for line in (result.directory / "candidates.jsonl").read_text().splitlines())
-    assert evaluated(parallel) == evaluated(serial)
+    def journal(result):  # in the order written, timings aside
+        return [{key: value for key, value in json.loads(line).items() if not key.endswith("_seconds")}
+                for line in (result.directory / "candidates.jsonl").read_text().splitlines()]
+    assert journal(parallel) == journal(serial)
+
+
+def test_a_worker_that_cannot_load_the_model_is_one_line_not_a_death(ray_instance, tmp_path):
+    # Without a GPU, a worker asked to run on CUDA fails while loading: that is the cause the
+    # user sees, at once, and not "every worker died" after reloading it again and again.
+    settings = SweepSettings(load_suite(resolve_suite("nano")), limit=1, device="cuda")
+    with pytest.raises(DistributedError, match=r"^a worker could not load the model: .*(NVIDIA|CUDA|cuda)"):
+        run_sweep("nano", CONFIGS[:1], tmp_path / "run", settings, pool=PoolSettings(2, gpus_per_worker=0))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("device", "gpus", "message"), [
+    ("cuda:1", None, "--device cuda:1: each worker sees only the GPUs Ray gives it; use --device cuda"),
+    ("cuda", 1.5, "--gpus-per-worker 1.5: a fraction of one GPU or a whole number of GPUs"),
+])
+def test_devices_and_gpu_shares_ray_cannot_honour_are_refused_before_ray_starts(device, gpus, message):
+    with pytest.raises(DistributedError, match=re.escape(message)):
+        WorkerPool("nano", device, "float32", PoolSettings(2, gpus_per_worker=gpus))

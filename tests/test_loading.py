@@ -100,3 +100,20 @@ def test_missing_text_tensor_is_named(tiny_text, tmp_path):
             save_file(tensors, shard, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"missing text tensors \['model.norm.weight'\]"):
         load_model(broken)
+
+
+def test_shapes_only_reads_no_tensor_and_costs_alike(tiny_text, monkeypatch):
+    from matlab.core.loading import load_shapes
+    from matlab.core.submodel import deployed_weight_bytes
+    from matlab.plan import SlicePlan
+
+    loaded = load_model(tiny_text, dtype="bfloat16")
+    monkeypatch.setattr(loading, "_read_text_tensors", lambda *args: pytest.fail("load_shapes read tensors"))
+    shapes = load_shapes(tiny_text, "bfloat16")
+    assert all(parameter.device.type == "meta" for parameter in shapes.model.parameters())
+    assert {name: (p.shape, p.dtype) for name, p in shapes.model.named_parameters()} == \
+        {name: (p.shape, p.dtype) for name, p in loaded.model.named_parameters()}
+    config = SliceConfig(name="e2b", layers_skipped=[10, 11, 12], ffn_widths=128)
+    assert deployed_weight_bytes(shapes, SlicePlan.build(config, shapes.facts)) == \
+        deployed_weight_bytes(loaded, SlicePlan.build(config, loaded.facts))
+    assert shapes.tokenizer is not None and shapes.dtype == torch.bfloat16

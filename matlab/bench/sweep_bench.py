@@ -72,14 +72,12 @@ def bench_workers(checkpoint: str, configs: list[Path], suite: Path, work_dir: P
     import time
 
     from matlab.core.loading import load_model
-    from matlab.harness.results import RESULTS_FILE, read_results
+    from matlab.harness.results import RESULTS_FILE, TIMING_FIELDS, read_results
     from matlab.harness.suite import load_suite
 
     load_suite(suite)
     _check_inputs(checkpoint, configs)
     work_dir.mkdir(parents=True, exist_ok=True)
-    timing_fields = {"seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
-                     "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads"}
     measured, rows = {}, {}
     for count in (0, *workers):
         name = f"workers-{count}" if count else "serial"
@@ -90,7 +88,7 @@ def bench_workers(checkpoint: str, configs: list[Path], suite: Path, work_dir: P
         inner, wall, rss = run_measured("matlab.bench.run_sweep", args)
         measured[name] = {"sweep_seconds": inner["seconds"], "process_seconds": wall}
         lines = (run_dir / RESULTS_FILE).read_text(encoding="utf-8").splitlines()
-        rows[name] = [{k: v for k, v in json.loads(line).items() if k not in timing_fields} for line in lines]
+        rows[name] = [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in lines]
         if name == "serial":
             per_config = read_results(run_dir).drop_duplicates("submodel_id")["seconds"]
     started = time.perf_counter()

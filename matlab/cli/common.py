@@ -41,6 +41,9 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="A running Ray cluster ('auto', or host:port); without it --workers starts Ray locally.")]
 GpusOpt = Annotated[Optional[float], typer.Option(
     "--gpus-per-worker", min=0, help="GPUs per worker (default: 1 with a CUDA --device, else 0).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads-per-worker", min=1, help="CPU threads (and Ray CPUs) per worker (default: this machine's cores shared "
+                                        "out when Ray starts here, else 1).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 
 
@@ -163,15 +166,15 @@ def facts_of(checkpoint: str | None, arch: str | None):
     return facts_from_checkpoint(directory), directory
 
 
-def pool_settings(workers: int | None, address: str | None, gpus: float | None):
+def pool_settings(workers: int | None, address: str | None, gpus: float | None, threads: int | None = None):
     """The Ray pool the options ask for (None: run here, serially)."""
     from matlab.distributed.pool import PoolSettings
 
     if workers is None:
-        if address is not None or gpus is not None:
-            raise usage_error("--ray-address and --gpus-per-worker go with --workers N")
+        if address is not None or gpus is not None or threads is not None:
+            raise usage_error("--ray-address, --gpus-per-worker and --threads-per-worker go with --workers N")
         return None
-    return PoolSettings(workers, address, gpus)
+    return PoolSettings(workers, address, gpus, threads)
 
 
 def config_paths(entries: list[str]) -> list[Path]:

@@ -22,6 +22,7 @@ from matlab.cli.common import (
     RayAddressOpt,
     RichProgress,
     SuiteOpt,
+    ThreadsOpt,
     WorkersOpt,
     config_paths,
     console,
@@ -68,6 +69,7 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           bos_policy: BosOpt = "lm-eval",
           latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
           workers: WorkersOpt = None, ray_address: RayAddressOpt = None, gpus_per_worker: GpusOpt = None,
+          threads_per_worker: ThreadsOpt = None,
           device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
     from matlab.bundled import resolve_suite
@@ -80,7 +82,7 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
                                  dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds)
         evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress,
-                              pool=pool_settings(workers, ray_address, gpus_per_worker))
+                              pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
     say(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "
         f"results in {out / 'results.jsonl'}")
 

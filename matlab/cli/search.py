@@ -18,6 +18,7 @@ from matlab.cli.common import (
     LimitOpt,
     RayAddressOpt,
     RichProgress,
+    ThreadsOpt,
     WorkersOpt,
     console,
     fail_line,
@@ -73,7 +74,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
            confirm_suite: Annotated[Optional[str], typer.Option(
                help="Evaluate the frontier on this suite afterwards (DIR/confirm, a sweep run).")] = None,
            limit: LimitOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
-           gpus_per_worker: GpusOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+           gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None, device: DeviceOpt = "cpu",
+           dtype: DtypeOpt = "float32",
            as_json: JsonOpt = False) -> None:
     """Find the Pareto set of slices (cost against objective) under a budget; a killed search resumes."""
     from matlab.bundled import resolve_suite
@@ -85,7 +87,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
-        strategy=strategy, confirm_limit=limit, pool=pool_settings(workers, ray_address, gpus_per_worker))
+        strategy=strategy, confirm_limit=limit,
+        pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
     with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         if confirm_suite is not None:
             settings = SearchSettings(**{**settings.__dict__, "confirm_suite": resolve_suite(confirm_suite)})

@@ -126,6 +126,19 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
 
 
+def load_shapes(checkpoint: str | Path, dtype: str = "float32") -> LoadedModel:
+    """The model with its parameters on the meta device and none read: shapes, costs and the
+    tokenizer, for a process that plans work others run (a search's driver with workers)."""
+    if dtype not in RUN_DTYPES:
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
+    directory = resolve_checkpoint(checkpoint)
+    facts = facts_from_checkpoint(directory)
+    model = empty_model(facts.text_only(), torch_dtype(dtype))
+    model.tie_weights()
+    return LoadedModel(model.eval(), facts.text_only(), directory, load_tokenizer(directory), torch.device("meta"),
+                       torch_dtype(dtype))
+
+
 def load_tokenizer(directory: Path):
     """The checkpoint's own tokenizer, or None if it ships none (never a hub lookup)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):

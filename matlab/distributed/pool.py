@@ -9,6 +9,8 @@ is lost or evaluated twice.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +35,7 @@ class PoolSettings:
     workers: int
     address: str | None = None
     gpus_per_worker: float | None = None
-    threads_per_worker: int | None = None  # torch threads in each actor (None: Ray's default)
+    threads_per_worker: int | None = None  # torch threads (and Ray CPUs) per actor; None: see WorkerPool
 
 
 def import_ray():
@@ -72,54 +74,99 @@ class WorkerPool:
     def __init__(self, checkpoint: str, device: str, dtype: str, settings: PoolSettings, restarts: int | None = None):
         if settings.workers < 1:
             raise DistributedError("--workers: at least 1")
-        ray = self.ray = import_ray()
-        self._started_here = not ray.is_initialized()
-        if self._started_here:
-            _require_reachable(settings.address)
-            try:
-                ray.init(address=settings.address, num_cpus=None if settings.address else settings.workers,
-                         include_dashboard=False, log_to_driver=False)
-            except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own on a bad address
-                raise DistributedError(f"--ray-address {settings.address}: cannot reach the Ray cluster "
-                                       f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); start it with "
-                                       "`ray start --head` or check the address") from None
-        from matlab.distributed.worker import EvaluationWorker
-
         gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else \
             (1.0 if device.startswith("cuda") else 0.0)
+        if gpus > 1 and gpus != int(gpus):
+            raise DistributedError(f"--gpus-per-worker {gpus:g}: a fraction of one GPU or a whole number of GPUs")
+        if device.startswith("cuda:"):
+            raise DistributedError(f"--device {device}: each worker sees only the GPUs Ray gives it; use --device cuda")
+        ray = self.ray = import_ray()
+        self._started_here = not ray.is_initialized()
+        threads = settings.threads_per_worker
+        if self._started_here:
+            _require_reachable(settings.address)
+            local = settings.address in (None, "local")
+            # A local instance gets this machine's cores, shared out between the workers; without
+            # "local", Ray would join a cluster named by RAY_ADDRESS or already running here.
+            if local and threads is None:
+                threads = max(1, (os.cpu_count() or 1) // settings.workers)
+            try:
+                ray.init(address=settings.address or "local",
+                         num_cpus=settings.workers * threads if local else None,
+                         include_dashboard=False, log_to_driver=False)
+            except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own on a bad address
+                cause = f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                raise DistributedError(f"could not start Ray on this machine {cause}" if local else
+                                       f"--ray-address {settings.address}: cannot reach the Ray cluster {cause}; start "
+                                       "it with `ray start --head` or check the address") from None
+        # Each worker asks Ray for its threads as CPUs (Ray then sets OMP_NUM_THREADS to match)
+        # and gives torch the same number: one CPU per worker unless more are asked for.
+        self.threads = threads or 1
+        self._need = {"CPU": float(self.threads), "GPU": gpus}
         # Actors the cluster cannot place would wait forever, and so would their work.
         available = ray.cluster_resources()
-        for resource, each in (("CPU", 1.0), ("GPU", gpus)):
+        for resource, each in self._need.items():
             if each and available.get(resource, 0.0) < each * settings.workers:
-                if self._started_here:
-                    ray.shutdown()
+                self._shutdown()
                 raise DistributedError(f"--workers {settings.workers}: the Ray cluster has "
                                        f"{available.get(resource, 0.0):g} {resource}s, and each worker takes {each:g}; "
-                                       "use fewer workers (or --gpus-per-worker)")
-        self._actor_class = ray.remote(num_cpus=1, num_gpus=gpus)(EvaluationWorker)
-        self._arguments = (checkpoint, device, dtype, settings.threads_per_worker)
+                                       "use fewer workers (or --gpus-per-worker, --threads-per-worker)")
+        from matlab.distributed.worker import EvaluationWorker
+
+        self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus)(EvaluationWorker)
+        self._arguments = (checkpoint, device, dtype, self.threads)
         self._setups: list[tuple[str, tuple]] = []
         self._restarts_left = settings.workers if restarts is None else restarts
-        self.actors = [self._actor_class.remote(*self._arguments) for _ in range(settings.workers)]
         self._death = _death_errors(ray)
         self.restarted = 0
+        self.actors = [self._actor_class.remote(*self._arguments) for _ in range(settings.workers)]
+        try:
+            self._ready(self.actors)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ready(self, actors: list) -> None:
+        """Wait until `actors` have loaded the model; a load that fails (a bad checkpoint path
+        on a node, a device the worker cannot see) is one line with its cause, not a death."""
+        try:
+            self.ray.get([actor.pid.remote() for actor in actors])
+        except self.ray.exceptions.RayActorError as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # a traceback: its cause last
+            raise DistributedError(f"a worker could not load the model: {(lines or [type(error).__name__])[-1][:300]}"
+                                   ) from None
+
+    def _shutdown(self) -> None:
+        if self._started_here:
+            self.ray.shutdown()
 
     def setup(self, method: str, payload: Any) -> None:
-        """Call `method(payload)` on every actor now and on every replacement later."""
-        self._setups.append((method, payload))
-        self.ray.get([getattr(actor, method).remote(payload) for actor in self.actors])
+        """Call `method(payload)` on every actor now and on every replacement later (the payload
+        is put in Ray's object store once)."""
+        reference = self.ray.put(payload)
+        self._setups.append((method, reference))
+        self.ray.get([getattr(actor, method).remote(reference) for actor in self.actors])
 
     def _replace(self, dead):
-        """A new actor for a dead one (None once the restart budget is spent)."""
+        """A new actor for a dead one: None once the restart budget is spent, or when the
+        cluster has lost the room for it (a node gone), in which case the work goes on with
+        fewer workers."""
         self.actors.remove(dead)
-        if self._restarts_left <= 0:
+        with contextlib.suppress(Exception):  # an unreachable actor still holds its GPU
+            self.ray.kill(dead, no_restart=True)
+        total = self.ray.cluster_resources()
+        room = all(total.get(resource, 0.0) >= each * (len(self.actors) + 1)
+                   for resource, each in self._need.items() if each)
+        if self._restarts_left <= 0 or not room:
             if not self.actors:
-                raise DistributedError("every worker died and the restart budget is spent; see the Ray logs "
-                                       "(out of memory?), then resume the run")
+                raise DistributedError("every worker died and " + ("the restart budget is spent" if room else
+                                       "the cluster has no room left for another") + "; see the Ray logs "
+                                       "(out of memory? a node lost?), then resume the run")
             return None
         self._restarts_left -= 1
         self.restarted += 1
         actor = self._actor_class.remote(*self._arguments)
+        self._ready([actor])
         self.ray.get([getattr(actor, method).remote(payload) for method, payload in self._setups])
         self.actors.append(actor)
         return actor
@@ -160,10 +207,10 @@ class WorkerPool:
 
     def close(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
         self.actors = []
-        if self._started_here:
-            self.ray.shutdown()
+        self._shutdown()
 
     def __enter__(self) -> WorkerPool:
         return self

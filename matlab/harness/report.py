@@ -11,7 +11,7 @@ from pathlib import Path
 from matlab.errors import MatformerError
 from matlab.harness import published
 from matlab.harness.pareto import pareto_front
-from matlab.harness.results import RUN_FILE, read_results
+from matlab.harness.results import RUN_FILE, SERIAL_LATENCY, read_results
 from matlab.io.staging import staged_output
 from matlab.slice_config import width_runs
 
@@ -70,7 +70,7 @@ def _latency_note(rows) -> str:
     how = f"the median of {int(rounds)} round-robin rounds over all configs, {int(threads)} threads, " \
         if rounds is not None else ""
     place = _stated(first.get("latency_measured_on"))
-    where = f" ({place})" if place and place != "this process" else ""
+    where = f" ({place})" if place and place != SERIAL_LATENCY else ""
     device = first.get("latency_device") or first["device"]
     return (f"Latency: {how}on {device}{where} in {first['dtype']}; the results table gives "
             "each config's range. Peak memory per config is measured on CUDA only (on the CPU a "

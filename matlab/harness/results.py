@@ -17,6 +17,14 @@ from typing import Any
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 CONFIGS_DIR = "configs"
+# A row's `latency_measured_on` when the process that wrote the run measured its throughput;
+# a distributed sweep names the Ray worker and its host instead (`matlab.harness.sweep`).
+SERIAL_LATENCY = "this process"
+# The fields of a row that depend on when and where it was measured, not on the model: two runs
+# of the same sweep (serial, or on any number of workers) agree on every other field.
+TIMING_FIELDS = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
+                 "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads",
+                 "latency_measured_on")
 
 
 def write_atomic(path: Path, text: str) -> None:

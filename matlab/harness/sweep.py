@@ -28,7 +28,7 @@ from matlab.errors import MatformerError
 from matlab.harness.evaluate import evaluate_submodel
 from matlab.harness.hub_data import require_datasets
 from matlab.harness.lm import DEFAULT_BOS_POLICY
-from matlab.harness.results import RUN_FILE, finished_keys, record_config, recorded_rows, write_atomic
+from matlab.harness.results import RUN_FILE, SERIAL_LATENCY, finished_keys, record_config, recorded_rows, write_atomic
 from matlab.harness.suite import Suite
 from matlab.inventory import inventory_from_checkpoint
 from matlab.model_card import checkpoint_identity
@@ -63,9 +63,6 @@ RESULTS_FORMAT = 3
 LATENCY_FIELDS = ("prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
                   "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_rounds",
                   "latency_threads", "latency_device", "latency_measured_on")
-# Where throughput was measured when not by the process that wrote the run: with Ray, on one
-# worker while the others sat idle (never side by side on shared cores), on this host.
-SERIAL_LATENCY = "this process"
 
 
 def _run_identity(directory: Path, settings: SweepSettings) -> dict:
@@ -142,6 +139,8 @@ def config_latencies(loaded: LoadedModel, configs: dict[str, SliceConfig], setti
 
 
 def ray_latency_place(host: str) -> str:
+    """`latency_measured_on` of a distributed sweep: one worker measures while the others sit
+    idle, never side by side on shared cores."""
     return f"one Ray worker on {host}, the other workers idle"
 
 

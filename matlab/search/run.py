@@ -9,7 +9,7 @@ from typing import Any
 
 from matlab import __version__
 from matlab.architecture import facts_from_checkpoint
-from matlab.core.loading import load_model
+from matlab.core.loading import load_model, load_shapes
 from matlab.distributed.pool import PoolSettings
 from matlab.errors import InputError
 from matlab.harness.pareto import pareto_front
@@ -158,7 +158,8 @@ def _start_pool(settings: SearchSettings):
 def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], calibration_source: str,
             identity: dict, arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
     # With workers, this process needs the model's shapes only (costs); the workers run it.
-    loaded = load_model(directory, device="meta" if pool else settings.device, dtype=settings.dtype)
+    loaded = load_shapes(directory, settings.dtype) if pool else \
+        load_model(directory, device=settings.device, dtype=settings.dtype)
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
     if settings.runtime:
         space.check_runtime_can_load_base()
@@ -180,26 +181,37 @@ def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], 
         pool.setup("search_setup", {"calibration": calibration, "reference": reference})
     reference_seconds = time.perf_counter() - started
     progress.start(settings.max_evals, description="search")
-    timing = {"new": 0, "build": 0.0, "evaluate": 0.0}
+    timing = {"new": 0, "build": 0.0, "evaluate": 0.0, "wall": 0.0}
     best: list[float] = []
 
     def measure(candidates: list[Candidate], phase: str) -> list[float]:
         todo = [candidate for candidate in candidates if candidate.submodel_id not in journal.by_id]
+        arrived: dict[int, tuple[float, float, float]] = {}
+        written = 0
 
         def record(index: int, result: tuple[float, float, float]) -> None:
-            value, build, seconds = result
-            timing["new"] += 1
-            timing["build"] += build
-            timing["evaluate"] += seconds
-            journal.record(_record(todo[index], settings.objective, value, phase, len(journal.records), build,
-                                   seconds))
+            # Journaled in the batch's order, whatever order the workers finish in, so that the
+            # journal (and each record's `order`) is the same for any number of workers; a kill
+            # loses only results waiting for an earlier one.
+            nonlocal written
+            arrived[index] = result
+            while written in arrived:
+                value, build, seconds = arrived.pop(written)
+                timing["new"] += 1
+                timing["build"] += build
+                timing["evaluate"] += seconds
+                journal.record(_record(todo[written], settings.objective, value, phase, len(journal.records),
+                                       build, seconds))
+                written += 1
 
-        if pool:  # recorded as they arrive, so that a kill loses nothing
+        batch_started = time.perf_counter()
+        if pool:
             pool.map("search_candidate", [candidate.config() for candidate in todo], on_result=record)
         else:
             for index, candidate in enumerate(todo):
                 record(index, measure_candidate(loaded.model, space.text_plan(candidate.config()), calibration,
                                                 reference))
+        timing["wall"] += time.perf_counter() - batch_started
         values = [journal.by_id[candidate.submodel_id]["value"] for candidate in candidates]
         for candidate, value in zip(candidates, values):
             if budget.excess(candidate) <= 0 and (not best or value < best[0]):
@@ -256,7 +268,10 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
         "timing": {"seconds": round(seconds, 2), "reference_seconds": round(reference_seconds, 3),
                    "build_seconds_per_candidate": round(timing["build"] / new, 4),
                    "evaluate_seconds_per_candidate": round(timing["evaluate"] / new, 4),
-                   "candidates_per_minute": round(60 * timing["new"] / max(timing["build"] + timing["evaluate"],
-                                                                           1e-9), 1),
+                   # Serially, per second spent building and evaluating; on workers, per second
+                   # of the driver's wall clock while they worked (all workers together).
+                   "candidates_per_minute": round(60 * timing["new"] / max(
+                       timing["wall"] if settings.pool else timing["build"] + timing["evaluate"], 1e-9), 1),
+                   "workers": settings.pool.workers if settings.pool else None,
                    "calibration_tokens": calibration.tokens}})
     return summary
