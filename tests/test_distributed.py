@@ -141,17 +141,44 @@ def _guarded(errors: list, function, *args, **kwargs) -> None:
         errors.append(error)
 
 
-def test_search_frontier_does_not_depend_on_the_number_of_workers(ray_instance, tmp_path):
-    settings = dict(max_params=2_200_000, max_evals=60, window=64, calibration_tokens=256)
-    serial = run_search(SearchSettings("nano", tmp_path / "serial", **settings))
-    parallel = run_search(SearchSettings("nano", tmp_path / "parallel", pool=PoolSettings(2), **settings))
-    assert parallel.summary["frontier"] == serial.summary["frontier"] and parallel.summary["best"] == \
-        serial.summary["best"]
+SEARCH = dict(max_params=2_200_000, max_evals=60, window=64, calibration_tokens=256)
 
-    def journal(result):  # in the order written, timings aside
-        return [{key: value for key, value in json.loads(line).items() if not key.endswith("_seconds")}
-                for line in (result.directory / "candidates.jsonl").read_text().splitlines()]
-    assert journal(parallel) == journal(serial)
+
+def _journal(result) -> list[dict]:  # in the order written, timings aside
+    return [{key: value for key, value in json.loads(line).items() if not key.endswith("_seconds")}
+            for line in (result.directory / "candidates.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def serial_search(tmp_path_factory):
+    return run_search(SearchSettings("nano", tmp_path_factory.mktemp("search") / "serial", **SEARCH))
+
+
+def test_search_frontier_does_not_depend_on_the_number_of_workers(ray_instance, serial_search, tmp_path):
+    parallel = run_search(SearchSettings("nano", tmp_path / "parallel", pool=PoolSettings(2), **SEARCH))
+    assert parallel.summary["frontier"] == serial_search.summary["frontier"]
+    assert parallel.summary["best"] == serial_search.summary["best"]
+    assert _journal(parallel) == _journal(serial_search)
+
+
+def test_a_worker_killed_mid_search_is_replaced_with_its_setup(ray_instance, serial_search, tmp_path):
+    # The replacement gets the calibration and the full model's reference again before it
+    # evaluates: the search ends as the serial one does.
+    out, errors, found = tmp_path / "killed", [], []
+    thread = threading.Thread(target=lambda: _guarded(errors, lambda: found.append(
+        run_search(SearchSettings("nano", out, pool=PoolSettings(2), **SEARCH)))))
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (out / "candidates.jsonl").is_file()
+                                      or len((out / "candidates.jsonl").read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    victims = _worker_processes()
+    assert victims, "no worker process found to kill"
+    victims[0].kill()
+    thread.join(timeout=600)
+    assert not errors, errors
+    assert found[0].summary["frontier"] == serial_search.summary["frontier"]
+    assert _journal(found[0]) == _journal(serial_search)
 
 
 def test_a_worker_that_cannot_load_the_model_is_one_line_not_a_death(ray_instance, tmp_path):

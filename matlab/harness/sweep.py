@@ -138,10 +138,10 @@ def config_latencies(loaded: LoadedModel, configs: dict[str, SliceConfig], setti
                                settings.latency_rounds, settings.seed, on_round=on_round)
 
 
-def ray_latency_place(host: str) -> str:
+def ray_latency_place(host: str, workers: int) -> str:
     """`latency_measured_on` of a distributed sweep: one worker measures while the others sit
     idle, never side by side on shared cores."""
-    return f"one Ray worker on {host}, the other workers idle"
+    return f"one Ray worker on {host}" + (", the other workers idle" if workers > 1 else "")
 
 
 def _write_latencies(run_dir: Path, measured: dict[str, Latency], measured_on: str) -> None:
@@ -207,7 +207,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
             # and the rows say where it was taken.
             progress.describe("latency, round-robin on one worker")
             measured = workers.call("latencies", {"configs": by_key, "settings": settings})
-            _write_latencies(run_dir, measured["latencies"], ray_latency_place(measured["host"]))
+            _write_latencies(run_dir, measured["latencies"], ray_latency_place(measured["host"], pool.workers))
         return evaluated
     _start_run_dir(run_dir, identity)
     progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
