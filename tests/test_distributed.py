@@ -117,26 +117,31 @@ def _worker_processes() -> list[psutil.Process]:
     return found
 
 
-def test_a_killed_worker_has_its_work_retried_and_nothing_is_lost(ray_instance, serial, tmp_path):
-    run_dir = tmp_path / "run"
+def _kill_a_worker_during(run, started) -> None:
+    """Run `run` in a thread, kill one worker process once `started()` holds, and let it end."""
     errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _guarded(errors, run_sweep, "nano", CONFIGS, run_dir, _settings(),
-                                                       pool=PoolSettings(2)))
+    thread = threading.Thread(target=lambda: _guarded(errors, run))
     thread.start()
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((run_dir / "configs").glob("*.json"))) < 1:
-        time.sleep(0.1)
+    while time.time() < deadline and not started():
+        time.sleep(0.05)
     victims = _worker_processes()
     assert victims, "no worker process found to kill"
     victims[0].kill()
     thread.join(timeout=600)
     assert not errors, errors
+
+
+def test_a_killed_worker_has_its_work_retried_and_nothing_is_lost(ray_instance, serial, tmp_path):
+    run_dir = tmp_path / "run"
+    _kill_a_worker_during(lambda: run_sweep("nano", CONFIGS, run_dir, _settings(), pool=PoolSettings(2)),
+                          lambda: len(list((run_dir / "configs").glob("*.json"))) >= 1)
     assert _rows(run_dir) == _rows(serial)  # every config once, the same rows
 
 
-def _guarded(errors: list, function, *args, **kwargs) -> None:
+def _guarded(errors: list, function) -> None:
     try:
-        function(*args, **kwargs)
+        function()
     except BaseException as error:  # reported to the test's thread
         errors.append(error)
 
@@ -164,19 +169,10 @@ def test_search_frontier_does_not_depend_on_the_number_of_workers(ray_instance, 
 def test_a_worker_killed_mid_search_is_replaced_with_its_setup(ray_instance, serial_search, tmp_path):
     # The replacement gets the calibration and the full model's reference again before it
     # evaluates: the search ends as the serial one does.
-    out, errors, found = tmp_path / "killed", [], []
-    thread = threading.Thread(target=lambda: _guarded(errors, lambda: found.append(
-        run_search(SearchSettings("nano", out, pool=PoolSettings(2), **SEARCH)))))
-    thread.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and (not (out / "candidates.jsonl").is_file()
-                                      or len((out / "candidates.jsonl").read_text().splitlines()) < 5):
-        time.sleep(0.05)
-    victims = _worker_processes()
-    assert victims, "no worker process found to kill"
-    victims[0].kill()
-    thread.join(timeout=600)
-    assert not errors, errors
+    out, found = tmp_path / "killed", []
+    journal = out / "candidates.jsonl"
+    _kill_a_worker_during(lambda: found.append(run_search(SearchSettings("nano", out, pool=PoolSettings(2), **SEARCH))),
+                          lambda: journal.is_file() and len(journal.read_text().splitlines()) >= 5)
     assert found[0].summary["frontier"] == serial_search.summary["frontier"]
     assert _journal(found[0]) == _journal(serial_search)
 

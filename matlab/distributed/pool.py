@@ -115,7 +115,7 @@ class WorkerPool:
 
         self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus)(EvaluationWorker)
         self._arguments = (checkpoint, device, dtype, self.threads)
-        self._setups: list[tuple[str, tuple]] = []
+        self._setups: list[tuple[str, Any]] = []  # (method, the payload in the object store)
         self._restarts_left = settings.workers if restarts is None else restarts
         self._death = _death_errors(ray)
         self.restarted = 0
