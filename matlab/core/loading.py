@@ -95,13 +95,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
         ple_on_cpu: keep `embed_tokens_per_layer` on the CPU (memory-mapped from the file when
             the dtype matches it) with the lookup done per batch, while the rest runs on `device`.
     """
-    if isinstance(dtype, str) and dtype not in RUN_DTYPES:
-        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
-    directory = resolve_checkpoint(checkpoint)
-    run_dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
-    facts = facts_from_checkpoint(directory)
+    directory, facts, run_dtype, model = _unloaded(checkpoint, dtype)
     files = CheckpointFiles(directory)
-    model = empty_model(facts.text_only(), run_dtype)
     tied = {f"{facts.family.head_prefix}weight"} if model.config.tie_word_embeddings else set()
     wanted = set(model.state_dict()) - tied
     state = _read_text_tensors(files, facts, wanted, run_dtype)
@@ -126,17 +121,23 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
 
 
-def load_shapes(checkpoint: str | Path, dtype: str = "float32") -> LoadedModel:
+def load_shapes(checkpoint: str | Path, dtype: str | torch.dtype = "float32") -> LoadedModel:
     """The model with its parameters on the meta device and none read: shapes, costs and the
     tokenizer, for a process that plans work others run (a search's driver with workers)."""
-    if dtype not in RUN_DTYPES:
-        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
-    directory = resolve_checkpoint(checkpoint)
-    facts = facts_from_checkpoint(directory)
-    model = empty_model(facts.text_only(), torch_dtype(dtype))
+    directory, facts, run_dtype, model = _unloaded(checkpoint, dtype)
     model.tie_weights()
     return LoadedModel(model.eval(), facts.text_only(), directory, load_tokenizer(directory), torch.device("meta"),
-                       torch_dtype(dtype))
+                       run_dtype)
+
+
+def _unloaded(checkpoint: str | Path, dtype: str | torch.dtype):
+    """(directory, checkpoint facts, torch dtype, the text model with meta parameters)."""
+    if isinstance(dtype, str) and dtype not in RUN_DTYPES:
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
+    directory = resolve_checkpoint(checkpoint)
+    run_dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    facts = facts_from_checkpoint(directory)
+    return directory, facts, run_dtype, empty_model(facts.text_only(), run_dtype)
 
 
 def load_tokenizer(directory: Path):
