@@ -31,3 +31,7 @@ class InputError(MatformerError):
     """A text, prompt or option value the core cannot work with."""
 
     exit_code = 2
+
+
+class MatformerWarning(UserWarning):
+    """Something the user should know that stops no work (shown by the CLI as one yellow line)."""

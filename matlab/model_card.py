@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import json
+import re
 from pathlib import Path
 
 from matlab import __version__
@@ -34,15 +36,32 @@ def _param_rows(params: ParamReport) -> list[tuple[str, int]]:
             ("total", params.total_params)]
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _card_text(text: object, one_line: bool = True) -> str:
+    """User text (a config's name or description, a path) as literal Markdown: HTML escaped, so
+    `<!--` or a tag cannot hide or restyle the rest of the card; controls dropped; a name on one line."""
+    text = str(text).replace("\r\n", "\n")
+    text = re.sub(r"\s*\n\s*", " ", text) if one_line else text
+    return html.escape(_CONTROLS.sub("", text), quote=False)
+
+
+def _fenced(code: str) -> list[str]:
+    """A code block that no run of backticks in `code` can close early."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))
+    return [fence, code, fence]
+
+
 def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: bool, command: str | None) -> str:
     config = plan.config
-    lines = [f"# {config.name}: a MatFormer slice of {source.name}", ""]
+    lines = [f"# {_card_text(config.name)}: a MatFormer slice of {_card_text(source.name)}", ""]
     if config.description:
-        lines += [config.description, ""]
+        lines += [_card_text(config.description, one_line=False), ""]
     family = plan.facts.family
     kind = f"text-only (`{family.text_model_class_name}`)" if text_only or not plan.facts.is_multimodal else \
         f"multimodal (`{family.multimodal_model_class_name}`), audio and vision towers unchanged"
-    lines += [f"Made by MatFormer Lab {__version__} from `{source}`; {kind}.", "",
+    lines += [f"Made by MatFormer Lab {__version__} from {_card_text(source)}; {kind}.", "",
               f"- layers kept: {len(plan.kept_layers)} of {plan.facts.num_layers}",
               f"- layers skipped: {list(config.layers_skipped) or 'none'}",
               f"- KV-shared layers: {plan.num_kv_shared_layers}",
@@ -56,7 +75,7 @@ def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: b
         lines += ["", f"The config's source states {config.reference.effective_params_b}B effective parameters "
                       f"(exact: {params.effective_params / 1e9:.3f}B)."]
     if command:
-        lines += ["", "Reproduce with:", "", "```", command, "```"]
+        lines += ["", "Reproduce with:", "", *_fenced(command)]
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,8 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
     inventory = {name: StoredTensor(info.shape, info.dtype) for name, info in files.tensors.items()}
     params = count_parameters(inventory, facts, plan, text_only=text_only)
 
-    with staged_output(out, force) as temporary:
+    config_file = Path(config_source) if Path(config_source).is_file() else None
+    with staged_output(out, force, inputs=(source, *files.files, config_file)) as temporary:
         with ShardedWriter(temporary, outputs, max_shard_bytes) as writer, RangeReader() as reader:
             progress.start(writer.total_size, description="slicing")
             for info, spec in work:

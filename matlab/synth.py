@@ -23,9 +23,10 @@ SYNTH_CHUNK_ELEMENTS = 16 * 2**20
 
 
 def synthesize_checkpoint(facts: ArchFacts, out: str | Path, *, text_only: bool = False, seed: int = 0,
-                          max_shard_bytes: int = 5 * 10**9, force: bool = False,
+                          max_shard_bytes: int = 5 * 10**9, force: bool = False, like: Path | None = None,
                           progress: Progress = NO_PROGRESS) -> Path:
-    """Write a random checkpoint of architecture `facts` to `out` (atomically)."""
+    """Write a random checkpoint of architecture `facts` to `out` (atomically); `like` is the
+    checkpoint the architecture was read from, which `out` may not overlap."""
     out = Path(out)
     inventory = inventory_from_facts(facts, text_only=text_only)
     tensors: list[OutputTensor] = []
@@ -36,7 +37,7 @@ def synthesize_checkpoint(facts: ArchFacts, out: str | Path, *, text_only: bool 
             tensors.append(OutputTensor(target, stored.dtype, stored.shape))
     config = facts.family.text_only_config(facts.config) if text_only else facts.config
     generator = torch.Generator().manual_seed(seed)
-    with staged_output(out, force) as temporary:
+    with staged_output(out, force, inputs=(like,)) as temporary:
         with ShardedWriter(temporary, tensors, max_shard_bytes) as writer:
             progress.start(writer.total_size, description="writing")
             for tensor in tensors:

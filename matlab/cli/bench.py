@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from matlab.cli.common import (
@@ -21,6 +20,7 @@ from matlab.cli.common import (
     errors,
     reported_errors,
     say,
+    shown,
     usage_error,
 )
 
@@ -44,7 +44,7 @@ def bench_slice_command(checkpoint: Annotated[Path, typer.Option("--checkpoint",
         console.print_json(json.dumps(result))
         return
     table = Table("method", "seconds", "peak RSS (MiB)", "read (MB)", "written (MB)",
-                  title=escape(f"slicing {checkpoint} with {config}{' --text-only' if text_only else ''}"))
+                  title=shown(f"slicing {checkpoint} with {config}{' --text-only' if text_only else ''}"))
     for method, numbers in result["methods"].items():
         table.add_row(method, f"{numbers['seconds']:.2f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}",
                       f"{numbers['bytes_read'] / 1e6:.0f}", f"{numbers['bytes_written'] / 1e6:.0f}")
@@ -73,7 +73,7 @@ def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", 
         console.print_json(json.dumps(result))
         return
     table = Table("mode", "sweep seconds", "peak RSS (MiB)",
-                  title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
+                  title=shown(f"sweeping {len(paths)} configs of {checkpoint}"))
     for mode, numbers in result["modes"].items():
         table.add_row(mode, f"{numbers['sweep_seconds']:.1f}", f"{numbers['peak_rss_bytes'] / 2**20:.0f}")
     console.print(table)
@@ -98,7 +98,7 @@ def bench_switch_command(checkpoint: Annotated[Path, typer.Option("--checkpoint"
         console.print_json(json.dumps(result))
         return
     elastic, disk = result["modes"]["elastic"], result["modes"]["materialize"]
-    table = Table("step", "seconds", title=escape(f"switching {checkpoint} to {config} ({dtype}, text only)"))
+    table = Table("step", "seconds", title=shown(f"switching {checkpoint} to {config} ({dtype}, text only)"))
     table.add_row("load the full model and warm it (once per sweep)",
                   f"{elastic['load_full_seconds'] + elastic['full_model_warmup_seconds']:.2f}")
     table.add_row("elastic: build the submodel (median)", f"{result['elastic_build_seconds']:.3f}")
@@ -202,7 +202,7 @@ def bench_search_command(
         metrics = sorted({key for row in scored.values() for key in row if key != "effective_params"})
         table = Table("config", "effective params", *metrics, title=f"budget {budget} on the suite")
         for stem, row in sorted(scored.items(), key=lambda item: item[1]["effective_params"]):
-            table.add_row(escape(stem), f"{row['effective_params']:,}", *(f"{row.get(m, float('nan')):.4g}"
+            table.add_row(shown(stem), f"{row['effective_params']:,}", *(f"{row.get(m, float('nan')):.4g}"
                                                                           for m in metrics))
         console.print(table)
     say(f"reproduce: {result['command']}")
@@ -231,7 +231,7 @@ def bench_workers_command(
         console.print_json(json.dumps(result))
         return
     table = Table("run", "sweep seconds", "over serial", "rows identical to serial",
-                  title=escape(f"sweeping {len(paths)} configs of {checkpoint}"))
+                  title=shown(f"sweeping {len(paths)} configs of {checkpoint}"))
     for name, numbers in result["runs"].items():
         table.add_row(name, f"{numbers['sweep_seconds']:.1f}", f"{result['over_serial'][name]:.2f}",
                       str(result["rows_identical"].get(name, "")))

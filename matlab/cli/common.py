@@ -1,13 +1,17 @@
 """What every command group shares: the consoles, one-line errors, progress bars, options.
 
 Every piece of user text (paths, config and task names, error messages) is printed without
-markup, so brackets in it are shown as typed.
+markup, so brackets in it are shown as typed, and with its control characters written out
+(`\\x1b`), so a config name or a file name cannot send escape sequences to the terminal.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +19,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperGroup
 
-from matlab.errors import MatformerError
+from matlab.errors import MatformerError, MatformerWarning
 from matlab.progress import Progress
 
 console = Console(soft_wrap=True)
@@ -47,17 +53,33 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 
 
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that can
+# make a name read as another on screen.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: object) -> str:
+    """User text made safe for a terminal: each control character written out as `\\xNN`."""
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}" if ord(match.group()) < 256
+                         else f"\\u{ord(match.group()):04x}", str(text))
+
+
+def shown(text: object) -> str:
+    """User text for a rich markup string (a table cell, a title): controls written out, brackets escaped."""
+    return escape(plain(text))
+
+
 def say(text: str) -> None:
     """A line of plain text on stdout (no markup: brackets are printed as typed)."""
-    console.print(text, markup=False, highlight=False)
+    console.print(plain(text), markup=False, highlight=False)
 
 
 def fail_line(message: str) -> None:
-    errors.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+    errors.print(Text.assemble(("error: ", "bold red"), plain(message)), highlight=False)
 
 
 def warn_line(message: str) -> None:
-    errors.print(Text.assemble(("warning: ", "yellow"), message), highlight=False)
+    errors.print(Text.assemble(("warning: ", "yellow"), plain(message)), highlight=False)
 
 
 def usage_error(message: str, code: int = 2) -> typer.Exit:
@@ -66,14 +88,59 @@ def usage_error(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# What to do about an OSError, by its errno.
+_OS_ADVICE = {errno.ENOSPC: "free some space or choose an --out on another disk",
+              errno.EDQUOT: "free some space or choose an --out on another disk",
+              errno.EROFS: "the filesystem is read-only: choose a writable --out",
+              errno.EACCES: "check the permissions, or choose a writable --out",
+              errno.EPERM: "check the permissions, or choose a writable --out",
+              errno.ENOENT: "check the path",
+              errno.EISDIR: "pass a file, not a directory",
+              errno.ENOTDIR: "check the path: a part of it is a file"}
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError: the file, what the system said, and what to do."""
+    where = f"{error.filename}: " if error.filename else ""
+    if error.filename2:
+        where = f"{error.filename} -> {error.filename2}: "
+    reason = error.strerror or str(error)
+    advice = _OS_ADVICE.get(error.errno, "check the file and try again")
+    return f"{where}{reason}; {advice} (nothing was published: an output appears only when complete)"
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn library errors into one red line on stderr and the error's exit code."""
+    """Turn library errors and system errors (disk full, read-only, permission) into one red
+    line on stderr and a non-zero exit code."""
     try:
         yield
     except MatformerError as error:
         fail_line(str(error))
         raise typer.Exit(error.exit_code) from None
+    except OSError as error:
+        fail_line(os_error_line(error))
+        raise typer.Exit(1) from None
+
+
+class GuardedGroup(TyperGroup):
+    """The `matformer` command group: whatever command runs, a library or system error is one
+    red line and an exit code (`reported_errors`), and the library's warnings
+    (MatformerWarning) are yellow lines on stderr."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        shown_before = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, MatformerWarning):
+                warn_line(str(message))
+            else:
+                shown_before(message, category, filename, lineno, file, line)
+
+        with warnings.catch_warnings(), reported_errors():
+            warnings.simplefilter("always", MatformerWarning)
+            warnings.showwarning = show
+            return super().invoke(ctx)
 
 
 def silence_library_bars() -> None:

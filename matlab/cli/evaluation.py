@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from matlab.cli.common import (
@@ -30,6 +29,7 @@ from matlab.cli.common import (
     quiet_evaluation,
     reported_errors,
     say,
+    shown,
 )
 from matlab.cli.running import load_submodel
 
@@ -53,9 +53,9 @@ def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint dire
         console.print_json(json.dumps({"model": checkpoint, "config": submodel.name, "suite": loaded_suite.name,
                                        "bos_policy": bos_policy, "scores": [score.as_dict() for score in scores]}))
         return
-    table = Table("task", "metric", "value", "stderr", "n", title=escape(f"{submodel.name} on {loaded_suite.name}"))
+    table = Table("task", "metric", "value", "stderr", "n", title=shown(f"{submodel.name} on {loaded_suite.name}"))
     for score in scores:
-        table.add_row(escape(score.task), escape(score.metric), f"{score.value:.4f}",
+        table.add_row(shown(score.task), shown(score.metric), f"{score.value:.4f}",
                       "" if score.stderr is None else f"{score.stderr:.4f}", str(score.samples))
     console.print(table)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from matlab.cli.common import (
@@ -26,6 +25,7 @@ from matlab.cli.common import (
     quiet_evaluation,
     reported_errors,
     say,
+    shown,
     usage_error,
     warn_line,
 )
@@ -105,10 +105,10 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
     if as_json:
         return
     table = Table("frontier config", "effective params", "weight bytes", summary["objective"], "runs in",
-                  title=escape(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
+                  title=shown(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
                                f"{summary['feasible']} within budget"))
     for entry in summary["frontier"]:
-        table.add_row(escape(entry["file"]), f"{entry['effective_params']:,}", f"{entry['weight_bytes']:,}",
+        table.add_row(shown(entry["file"]), f"{entry['effective_params']:,}", f"{entry['weight_bytes']:,}",
                       f"{entry['value']:.4g}", ", ".join(entry["runs_in"]))
     console.print(table)
     timing = summary["timing"]

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from matlab.cli.common import (
@@ -24,6 +23,7 @@ from matlab.cli.common import (
     parse_size_option,
     reported_errors,
     say,
+    shown,
     warn_line,
 )
 
@@ -51,11 +51,14 @@ def configs_import(csv_path: Annotated[Path, typer.Argument(help="Google's slici
 def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YAML files.")],
              checkpoint: CheckpointOpt = None, arch: ArchOpt = None, runtime: RuntimeOpt = None) -> None:
     """Check slice configs against an architecture (and a runtime's assumptions); report every
-    problem, exit 1 if any is an error."""
+    problem, exit 1 if any is an error. With --checkpoint, its weights' headers are checked too."""
+    from matlab.io.reader import CheckpointFiles
     from matlab.validation import check_config_files
 
     with reported_errors():
-        facts, _ = facts_of(checkpoint, arch)
+        facts, directory = facts_of(checkpoint, arch)
+        if directory is not None:
+            CheckpointFiles(directory)
         report = check_config_files(configs, facts, runtime)
     failed = 0
     for path, problems in report.items():
@@ -64,7 +67,7 @@ def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YA
         for problem in problems:
             (fail_line if problem.severity == "error" else warn_line)(str(problem))
         if not bad:
-            console.print(f"[green]ok[/] {escape(str(path))}", highlight=False)
+            console.print(f"[green]ok[/] {shown(str(path))}", highlight=False)
     if failed:
         errors.print(f"{failed} of {len(report)} config(s) invalid", highlight=False)
         raise typer.Exit(1)
@@ -92,7 +95,7 @@ def params(checkpoint: CheckpointOpt = None, arch: ArchOpt = None,
                    "stated_effective_params_b": stated}
         console.print_json(json.dumps(payload))
         return
-    table = Table(title=escape(f"{facts.name}" + (f" sliced by {slice_config.name}" if slice_config else "")))
+    table = Table(title=shown(f"{facts.name}" + (f" sliced by {slice_config.name}" if slice_config else "")))
     table.add_column("parameters")
     table.add_column("count", justify="right")
     table.add_column("stated", justify="right")
@@ -152,10 +155,10 @@ def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
 
     shard_bytes = parse_size_option(max_shard_size, "--max-shard-size")
     with reported_errors():
-        facts, _ = facts_of(like, arch)
+        facts, directory = facts_of(like, arch)
         with RichProgress("bytes") as progress:
             synthesize_checkpoint(facts, out, text_only=text_only, seed=seed, force=force,
-                                  max_shard_bytes=shard_bytes, progress=progress)
+                                  max_shard_bytes=shard_bytes, like=directory, progress=progress)
     say(f"wrote {out}")
 
 

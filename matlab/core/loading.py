@@ -103,6 +103,13 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     missing = sorted(wanted - set(state))
     if missing:
         raise CheckpointError(f"{directory}: missing text tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    expected = model.state_dict()
+    wrong = [f"{name} is {list(tensor.shape)}, config.json implies {list(expected[name].shape)}"
+             for name, tensor in state.items() if tensor.shape != expected[name].shape]
+    if wrong:
+        raise CheckpointError(f"{directory}: tensor shapes disagree with config.json ({'; '.join(wrong[:3])}"
+                              f"{f'; and {len(wrong) - 3} more' if len(wrong) > 3 else ''}); the weights and "
+                              "config.json come from different models")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     target = torch.device(device)
@@ -125,6 +132,7 @@ def load_shapes(checkpoint: str | Path, dtype: str | torch.dtype = "float32") ->
     """The model with its parameters on the meta device and none read: shapes, costs and the
     tokenizer, for a process that plans work others run (a search's driver with workers)."""
     directory, facts, run_dtype, model = _unloaded(checkpoint, dtype)
+    CheckpointFiles(directory)  # the weights' headers are checked here, before the workers read them
     model.tie_weights()
     return LoadedModel(model.eval(), facts.text_only(), directory, load_tokenizer(directory), torch.device("meta"),
                        run_dtype)
