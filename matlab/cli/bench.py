@@ -12,6 +12,7 @@ from rich.table import Table
 
 from matlab.cli.common import (
     DtypeOpt,
+    GuardedGroup,
     JsonOpt,
     LimitOpt,
     SuiteOpt,
@@ -25,7 +26,7 @@ from matlab.cli.common import (
 )
 
 bench_app = typer.Typer(help="Benchmarks (numbers measured on this machine, ratios within one run).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, cls=GuardedGroup)
 
 
 @bench_app.command("slice")

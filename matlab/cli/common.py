@@ -42,7 +42,7 @@ BosOpt = Annotated[str, typer.Option(
                          "with published numbers) or single (one BOS per window).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="Spread the work over this many Ray workers, each loading the model once "
-                             "(pip install 'matformer-lab[distributed]').")]
+                             "(pip install 'matformer-lab\\[distributed]').")]  # \\[: rich markup would eat the extra
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="A running Ray cluster ('auto', or host:port); without it --workers starts Ray locally.")]
 GpusOpt = Annotated[Optional[float], typer.Option(
@@ -127,6 +127,14 @@ class GuardedGroup(TyperGroup):
     """The `matformer` command group: whatever command runs, a library or system error is one
     red line and an exit code (`reported_errors`), and the library's warnings
     (MatformerWarning) are yellow lines on stderr."""
+
+    def get_command(self, ctx, name):  # noqa: ANN001, ANN201 - click's signature
+        """The command, its one-line summary in the command list made from its docstring's first
+        paragraph with the source's line breaks joined (rich would keep them as ragged wraps)."""
+        command = super().get_command(ctx, name)
+        if command is not None and command.short_help is None and command.help:
+            command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        return command
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         shown_before = warnings.showwarning

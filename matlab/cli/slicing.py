@@ -14,6 +14,7 @@ from matlab.cli.common import (
     ArchOpt,
     CheckpointOpt,
     ForceOpt,
+    GuardedGroup,
     JsonOpt,
     RichProgress,
     console,
@@ -31,7 +32,7 @@ RuntimeOpt = Annotated[Optional[str], typer.Option(
     "--runtime", help="transformers, vllm, mlx-lm, mlx-vlm, llama.cpp or ollama: also check the config against its "
                       "assumptions (slice: and write the config as it reads it).")]
 
-configs_app = typer.Typer(help="Slice config files.", no_args_is_help=True)
+configs_app = typer.Typer(help="Slice config files.", no_args_is_help=True, cls=GuardedGroup)
 
 
 @configs_app.command("import")
