@@ -24,3 +24,22 @@ def test_command_list_joins_docstring_lines():
         # At 250 columns every summary fits on its own row: no row is a continuation of a ragged wrap.
         continuations = [row for row in rows if row[2:3] == " " and row.strip("│ ")]
         assert rows and not continuations, continuations
+
+
+def test_progress_written_as_lines_when_stderr_is_not_a_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from matlab.cli import common
+
+    stream = io.StringIO()
+    monkeypatch.setattr(common, "errors", Console(file=stream, force_terminal=False, width=200))
+    with common.RichProgress(every=0) as progress:
+        progress.start(3, description="sweeping")
+        progress.advance()
+        progress.describe("nano-E2B")
+        progress.advance(2)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("sweeping: 1 of 3 done") and lines[-1].startswith("nano-E2B: 3 of 3 done")
+    assert "\x1b" not in stream.getvalue()

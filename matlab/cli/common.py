@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,9 +182,13 @@ def quiet_evaluation(search: bool = False) -> Iterator[None]:
 
 class RichProgress(Progress):
     """Draws the library's progress as rich bars on stderr: bytes (size, speed, time left) or
-    items (done of total, elapsed, time left). Use it as a context manager."""
+    items (done of total, elapsed, time left). Use it as a context manager.
 
-    def __init__(self, unit: str = "items") -> None:
+    When stderr is not a terminal (a log file, a pipe, CI), a live bar would show nothing until
+    the end; then each piece of work and each change of description is one plain line instead,
+    with a line at most every `every` seconds in between, flushed as it is written."""
+
+    def __init__(self, unit: str = "items", every: float = 30.0) -> None:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -198,18 +203,40 @@ class RichProgress(Progress):
                                                                                     TimeElapsedColumn())
         from rich.progress import Progress as Display
 
+        self.unit, self.every = unit, every
+        self.lines = not errors.is_terminal
         self.display = Display(TextColumn("{task.description}", markup=False), BarColumn(), *counts,
-                               TimeRemainingColumn(), console=errors, transient=unit == "bytes")
+                               TimeRemainingColumn(), console=errors, transient=unit == "bytes",
+                               disable=self.lines)
         self.task = None
+        self._last_line = 0.0
 
     def start(self, total: float | None, *, completed: float = 0, description: str = "") -> None:
         self.task = self.display.add_task(description, total=total, completed=completed)
+        self._last_line = time.monotonic()  # a first line after `every` seconds, or on describe
 
     def advance(self, amount: float = 1) -> None:
         self.display.advance(self.task, amount)
+        self._line()
 
     def describe(self, description: str) -> None:
         self.display.update(self.task, description=description)
+        self._line(force=True)
+
+    def _line(self, force: bool = False) -> None:
+        if not self.lines or self.task is None or (not force and time.monotonic() - self._last_line < self.every):
+            return
+        self._last_line = time.monotonic()
+        task = self.display.tasks[-1]
+        if self.unit == "bytes":
+            done = f"{task.completed / 1e6:,.1f} of {task.total / 1e6:,.1f} MB" if task.total else \
+                f"{task.completed / 1e6:,.1f} MB"
+        else:
+            done = f"{task.completed:g} of {task.total:g}" if task.total is not None else f"{task.completed:g}"
+        left = f", about {task.time_remaining:.0f} s left" if task.time_remaining else ""
+        errors.print(plain(f"{task.description}: {done} done, {task.elapsed or 0:.0f} s{left}"), markup=False,
+                     highlight=False, soft_wrap=True)
+        errors.file.flush()
 
     def __enter__(self) -> RichProgress:
         self.display.__enter__()

@@ -110,6 +110,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes 
     them on the suite, write the HTML report."""
     from matlab.harness.demo import run_demo
 
+    say(f"the demo writes everything under {out.resolve()} (a slice, a sweep, a search, the report)")
     with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         result = run_demo(out, limit=limit, progress=progress)
     say(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
