@@ -18,6 +18,8 @@ from typing import Any
 from matlab.errors import CheckpointError
 from matlab.families import Family, family_for_config
 
+MAX_CONFIG_BYTES = 16 << 20  # a released config.json is a few KB
+
 
 def bundled_arch_names() -> list[str]:
     """Names usable with `--arch`, each a config.json shipped inside the package."""
@@ -84,26 +86,60 @@ class ArchFacts:
         return facts_from_config(self.family.text_only_config(self.config), self.name)
 
 
-def facts_from_config(config: dict[str, Any], name: str) -> ArchFacts:
-    """Architecture facts of a parsed config.json, in either layout of its family."""
-    family = family_for_config(config, name)
-    text_config, multimodal = family.split_config(config, name)
-    return ArchFacts(name, config, family.normalize_text_config(text_config, name), family, multimodal)
+def facts_from_config(config: dict[str, Any], name: str, source: str | None = None) -> ArchFacts:
+    """Architecture facts of a parsed config.json, in either layout of its family; every fact
+    is checked first (CheckpointError naming `source`, default `name`, and the field)."""
+    source = source or name
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: holds {_json_kind(config)}, not a JSON object; fix or re-download "
+                              "config.json")
+    family = family_for_config(config, source)
+    text_config, multimodal = family.split_config(config, source)
+    key_prefix = f"{family.text_config_key}." if multimodal else ""
+    return ArchFacts(name, config, family.normalize_text_config(text_config, source, key_prefix), family, multimodal)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "a JSON list", str: "a JSON string", bool: "a JSON boolean"}.get(type(value), "a JSON number")
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint directory; CheckpointError, one line naming the
+    file, when it is missing, unreadable, too large, not UTF-8, not JSON or not a JSON object."""
     path = directory / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # a device or a huge file is not read to its end
     except FileNotFoundError:
         raise CheckpointError(f"{directory}: no config.json; pass a checkpoint directory") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror}); fix or re-download config.json") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, so not a model config; fix or "
+                              "re-download config.json")
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {error.start:,} is {data[error.start]:#04x}); "
+                              "fix or re-download config.json") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a model config; fix or re-download "
+                              "config.json") from None
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({error}); fix or re-download config.json") from None
+    except ValueError:  # int() of a literal thousands of digits long
+        raise CheckpointError(f"{path}: holds an integer thousands of digits long; fix or re-download "
+                              "config.json") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds {_json_kind(config)}, not a JSON object; fix or re-download config.json")
+    return config
 
 
 def facts_from_checkpoint(directory: str | Path) -> ArchFacts:
     directory = Path(directory)
-    return facts_from_config(read_config_json(directory), str(directory))
+    return facts_from_config(read_config_json(directory), str(directory), str(directory / "config.json"))
 
 
 def bundled_arch_directory(name: str) -> Path:

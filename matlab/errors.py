@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxlist = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
+
+
+def shown_value(value: Any) -> str:
+    """A value read from a file as a short one-line repr, for an error message: a corrupt or
+    hostile field may hold megabytes."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an integer too long for str()
+        return "a number too long to show"
+
 
 class MatformerError(Exception):
     """Base class of every error the workbench raises on bad input."""

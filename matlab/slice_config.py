@@ -10,26 +10,74 @@ Example::
 
 `ffn_widths` lists one width per kept layer; a run of equal widths may be written as
 `{width: W, count: N}`, and a single integer means "this width in every kept layer".
+
+Whatever a file holds, loading it ends in a SliceConfig or in one SliceConfigError line: the
+file's size, its text, its nesting and the layer counts it asks for are bounded before any
+list is built, and many problems of one kind are reported once, with a count.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from matlab.errors import SliceConfigError
+from matlab.errors import SliceConfigError, shown_value
 from matlab.runs import width_runs
+
+MAX_FILE_BYTES = 1 << 20  # a slice config is a few hundred bytes; a larger file is not one
+# More layers than any model has; lists and `{width, count}` runs are refused past this before
+# they are expanded (the exact count is checked against the architecture in validation).
+MAX_LAYERS = 100_000
+SHOWN_ITEMS = 5     # of many bad items of one kind, the first few are named
+SHOWN_PROBLEMS = 5  # distinct problems in one message, before "and N more"
+
+
+
+def first_few(items: Sequence[Any], limit: int = SHOWN_ITEMS, separator: str = ", ") -> str:
+    """'35, 36, 37, 38, 39 and 9,995 more' for a long sequence; all items for a short one."""
+    listed = separator.join(str(item) for item in items[:limit])
+    return listed if len(items) <= limit else f"{listed} and {len(items) - limit:,} more"
+
+
+def collapse(problems: Sequence[tuple[str, str]], separator: str = ": ") -> list[str]:
+    """`where: what` lines from (where, what) pairs: one line per distinct `what`, naming the
+    first few places it occurs, and past SHOWN_PROBLEMS lines a count of the rest, so ten
+    thousand bad entries make a short message."""
+    places: dict[str, list[str]] = {}
+    for where, what in problems:
+        places.setdefault(what, []).append(where)
+    lines = [f"{first_few(wheres)}{separator}{what}" for what, wheres in places.items()]
+    if len(lines) > SHOWN_PROBLEMS:
+        rest = sum(len(wheres) for wheres in list(places.values())[SHOWN_PROBLEMS:])
+        lines = [*lines[:SHOWN_PROBLEMS], f"and {rest:,} more problem(s)"]
+    return lines
+
+
+def _whole_number(value: Any) -> int:
+    """An integer field's value: ints, and floats without a fraction (256.0); not booleans,
+    text or fractions, which pydantic's lax mode would coerce or report by type name only."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{shown_value(value)} is not a whole number")
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class WidthRun(BaseModel):
     """`count` consecutive kept layers of FFN width `width`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    width: int
-    count: int = Field(ge=1)
+    width: WholeNumber
+    count: WholeNumber = Field(ge=1)
 
 
 class Reference(BaseModel):
@@ -52,43 +100,57 @@ class SliceConfig(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     base: str | None = None
-    layers_skipped: tuple[int, ...] = ()
+    layers_skipped: tuple[WholeNumber, ...] = ()
     ffn_widths: int | tuple[int, ...]
     reference: Reference | None = None
 
     @field_validator("layers_skipped", mode="before")
     @classmethod
     def _skips_are_listed(cls, value: Any) -> Any:
-        return () if value is None else value
+        if value is None:
+            return ()
+        if isinstance(value, (list, tuple)) and len(value) > MAX_LAYERS:
+            raise ValueError(f"lists {len(value):,} layers; no model has more than {MAX_LAYERS:,}")
+        return value
 
     @field_validator("layers_skipped")
     @classmethod
     def _skips_are_distinct(cls, skips: tuple[int, ...]) -> tuple[int, ...]:
-        repeated = sorted({index for index in skips if skips.count(index) > 1})
+        repeated = sorted(index for index, times in Counter(skips).items() if times > 1)
         if repeated:
-            raise ValueError(f"layer(s) {repeated} listed more than once; list each skipped layer once")
+            raise ValueError(f"layer(s) [{first_few(repeated)}] listed more than once; list each skipped layer once")
         negative = [index for index in skips if index < 0]
         if negative:
-            raise ValueError(f"layer index(es) {negative} are negative; layers are numbered from 0")
+            raise ValueError(f"layer index(es) [{first_few(negative)}] are negative; layers are numbered from 0")
         return tuple(sorted(skips))
 
     @field_validator("ffn_widths", mode="before")
     @classmethod
     def _expand_runs(cls, value: Any) -> Any:
-        if isinstance(value, (int, str)) or value is None:
-            return value
-        expanded: list[Any] = []
+        """Whole numbers only, `{width, count}` runs expanded; the running total is bounded
+        before anything is expanded (a count of 10**8 would otherwise build that list)."""
+        if not isinstance(value, (list, tuple)):
+            return _whole_number(value)
+        if len(value) > MAX_LAYERS:
+            raise ValueError(f"lists {len(value):,} widths; no model has more than {MAX_LAYERS:,} layers")
+        runs: list[tuple[int, int]] = []
+        problems: list[tuple[str, str]] = []
+        total = 0
         for position, item in enumerate(value):
-            if isinstance(item, dict):
-                try:
-                    run = WidthRun.model_validate(item)
-                except ValidationError as error:
-                    message = error.errors()[0]["msg"]
-                    raise ValueError(f"entry {position} is not a {{width, count}} run: {message}") from None
-                expanded.extend([run.width] * run.count)
-            else:
-                expanded.append(item)
-        return expanded
+            try:
+                width, count = _width_run(item)
+            except ValueError as error:
+                problems.append((f"entry {position}", str(error)))
+                continue
+            total += count
+            if total > MAX_LAYERS:
+                asked = f"{total:,}" if total < 10**15 else "over 10**15"
+                raise ValueError(f"entry {position} (a run of {shown_value(count)}) brings the widths to {asked} kept "
+                                 f"layers; no model has more than {MAX_LAYERS:,}")
+            runs.append((width, count))
+        if problems:
+            raise ValueError("; ".join(collapse(problems, separator=" ")))
+        return [width for width, count in runs for _ in range(count)]
 
     @field_validator("ffn_widths")
     @classmethod
@@ -96,7 +158,7 @@ class SliceConfig(BaseModel):
         listed = (widths,) if isinstance(widths, int) else widths
         bad = [f"kept layer {position}: {width}" for position, width in enumerate(listed) if width <= 0]
         if bad:
-            raise ValueError(f"FFN widths must be positive ({'; '.join(bad)})")
+            raise ValueError(f"FFN widths must be positive ({first_few(bad, separator='; ')})")
         return widths
 
     def widths_for(self, kept_layer_count: int) -> tuple[int, ...]:
@@ -106,14 +168,28 @@ class SliceConfig(BaseModel):
         return self.ffn_widths
 
 
+def _width_run(item: Any) -> tuple[int, int]:
+    """(width, count) of one `ffn_widths` entry, a width or a `{width, count}` run; a
+    ValueError saying what the entry is otherwise (`entry N <message>`)."""
+    if not isinstance(item, dict):
+        try:
+            return _whole_number(item), 1
+        except ValueError:
+            raise ValueError(f"is {shown_value(item)}, not a whole number") from None
+    try:
+        run = WidthRun.model_validate(item)
+    except ValidationError as error:
+        raise ValueError(f"is not a {{width, count}} run: {format_validation_error(error)[0]}") from None
+    return run.width, run.count
+
+
 def format_validation_error(error: ValidationError) -> list[str]:
-    """One line per pydantic problem: `field[.index]: message`."""
-    lines = []
-    for problem in error.errors():
+    """One line per distinct pydantic problem, `field[.index]: message`, as `collapse` groups them."""
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
         location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message}")
-    return lines
+        problems.append((location, problem["msg"].removeprefix("Value error, ")))
+    return collapse(problems)
 
 
 def parse_slice_config(data: Any, source: str) -> SliceConfig:
@@ -125,20 +201,44 @@ def parse_slice_config(data: Any, source: str) -> SliceConfig:
     except ValidationError as error:
         details = "; ".join(format_validation_error(error))
         raise SliceConfigError(f"{source}: {details}") from None
+    except RecursionError:  # nesting yaml could parse but pydantic cannot walk
+        raise SliceConfigError(f"{source}: nested too deeply to be a slice config") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text spans several lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        return error.problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+    return " ".join(str(error).split())
 
 
 def load_slice_config(path: str | Path) -> SliceConfig:
-    """Read one slice config YAML file."""
+    """Read one slice config YAML file: at most MAX_FILE_BYTES of UTF-8 YAML."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # a device or a huge file is not read to its end
     except OSError as error:
         raise SliceConfigError(f"{path}: cannot read slice config ({error.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SliceConfigError(f"{path}: larger than {MAX_FILE_BYTES // 1024:,} KiB; a slice config is a short YAML "
+                               "file, pass that")
     try:
-        data = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SliceConfigError(f"{path}: not UTF-8 text (byte {error.start:,} is {data[error.start]:#04x}); "
+                               "a slice config is a YAML text file") from None
+    try:
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise SliceConfigError(f"{path}: not valid YAML ({error})") from None
-    return parse_slice_config(data, str(path))
+        raise SliceConfigError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
+    except RecursionError:
+        raise SliceConfigError(f"{path}: YAML nested too deeply to be a slice config") from None
+    except ValueError:  # PyYAML's int() of a literal thousands of digits long
+        raise SliceConfigError(f"{path}: holds an integer thousands of digits long; widths and layer indexes are "
+                               "short numbers") from None
+    return parse_slice_config(parsed, str(path))
 
 
 def _compact_widths(widths: tuple[int, ...]) -> list[Any]:

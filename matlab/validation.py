@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from matlab.architecture import ArchFacts, bundled_arch_names, facts_from_arch
 from matlab.errors import SliceConfigError
 from matlab.runs import layer_spans
-from matlab.slice_config import SliceConfig, load_slice_config
+from matlab.slice_config import SHOWN_ITEMS, SliceConfig, first_few
 
 
 @dataclass(frozen=True)
@@ -27,17 +26,20 @@ class Problem:
 
 def _check_skips(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
     problems = []
-    out_of_range = [layer for layer in config.layers_skipped if layer >= facts.num_layers]
-    for layer in out_of_range:
-        problems.append(Problem(source, f"layers_skipped (layer {layer})",
-                                f"out of range; {facts.name} has layers 0..{facts.num_layers - 1}"))
+    layer_count, layer_types, consumers = facts.num_layers, facts.layer_types, facts.kv_consumers
+    out_of_range = [layer for layer in config.layers_skipped if layer >= layer_count]
+    beyond = f"out of range; {facts.name} has layers 0..{layer_count - 1}"
+    if len(out_of_range) > SHOWN_ITEMS:  # one line for ten thousand, not ten thousand lines
+        problems.append(Problem(source, f"layers_skipped (layers {first_few(out_of_range)})", beyond))
+    else:
+        problems += [Problem(source, f"layers_skipped (layer {layer})", beyond) for layer in out_of_range]
     skipped = set(config.layers_skipped)
-    if len(skipped - set(out_of_range)) >= facts.num_layers:
-        problems.append(Problem(source, "layers_skipped", f"skips all {facts.num_layers} layers; keep at least one"))
+    if len(skipped) - len(out_of_range) >= layer_count:
+        problems.append(Problem(source, "layers_skipped", f"skips all {layer_count} layers; keep at least one"))
         return problems
     consumers_by_type: dict[str, list[int]] = {}
-    for layer in facts.kv_consumers:
-        consumers_by_type.setdefault(facts.layer_types[layer], []).append(layer)
+    for layer in consumers:
+        consumers_by_type.setdefault(layer_types[layer], []).append(layer)
     for layer_type, producer in facts.kv_producers.items():
         if producer in skipped:
             readers = layer_spans(consumers_by_type.get(layer_type, []))
@@ -45,17 +47,18 @@ def _check_skips(config: SliceConfig, facts: ArchFacts, source: str) -> list[Pro
                 source, f"layers_skipped (layer {producer})",
                 f"layer {producer} is the KV producer of the {layer_type} layers {readers} and cannot be "
                 f"skipped; remove {producer} from layers_skipped"))
-    kept = [layer for layer in range(facts.num_layers) if layer not in skipped]
-    kept_types = [facts.layer_types[layer] for layer in kept]
-    kept_consumers = [layer for layer in kept if layer in set(facts.kv_consumers)]
+    kept = [layer for layer in range(layer_count) if layer not in skipped]
+    kept_types = [layer_types[layer] for layer in kept]
+    consumer_set = set(consumers)
+    kept_consumers = [layer for layer in kept if layer in consumer_set]
     producers, _ = facts.family.kv_roles(kept_types, len(kept_consumers))
-    orphaned = sorted({facts.layer_types[layer] for layer in kept_consumers} - set(producers))
+    orphaned = sorted({layer_types[layer] for layer in kept_consumers} - set(producers))
     for layer_type in orphaned:
-        readers = [layer for layer in kept_consumers if facts.layer_types[layer] == layer_type]
+        readers = [layer for layer in kept_consumers if layer_types[layer] == layer_type]
         problems.append(Problem(
             source, "layers_skipped",
             f"no {layer_type} layer is left before the KV-shared region to produce KV for layers "
-            f"{layer_spans(readers)}; keep a {layer_type} layer before layer {facts.kv_consumers[0]}"))
+            f"{layer_spans(readers)}; keep a {layer_type} layer before layer {consumers[0]}"))
     return problems
 
 
@@ -67,17 +70,25 @@ def _check_widths(config: SliceConfig, facts: ArchFacts, source: str) -> list[Pr
         return [Problem(source, "ffn_widths",
                         f"{len(widths)} widths for {len(kept)} kept layers ({facts.num_layers} layers minus "
                         f"{len(skipped)} skipped); give one width per kept layer")]
-    problems = []
+    too_wide: list[tuple[int, int, str]] = []  # (position, layer, message)
+    untrained: list[tuple[int, int, str]] = []
+    base_widths = facts.ffn_widths
     for position, (layer, width) in enumerate(zip(kept, widths)):
-        base = facts.ffn_widths[layer]
-        where = f"ffn_widths[{position}] (layer {layer})"
+        base, trained = base_widths[layer], facts.family.trained_widths(base_widths[layer])
         if width > base:
-            problems.append(Problem(source, where, f"width {width} exceeds the base width {base}; use at most {base}"))
-        elif width not in facts.trained_widths(layer):
-            trained = ", ".join(str(w) for w in facts.trained_widths(layer))
-            problems.append(Problem(source, where,
-                                    f"width {width} was never trained as a granularity (trained: {trained}); "
-                                    "the submodel may lose quality", severity="warning"))
+            too_wide.append((position, layer, f"width {width} exceeds the base width {base}; use at most {base}"))
+        elif width not in trained:
+            untrained.append((position, layer, f"width {width} was never trained as a granularity (trained: "
+                                               f"{', '.join(str(w) for w in trained)}); the submodel may lose quality"))
+    problems = []
+    for found, severity in ((too_wide, "error"), (untrained, "warning")):
+        if len(found) > SHOWN_ITEMS:  # one line for many layers, naming the first in full
+            _, layer, message = found[0]
+            problems.append(Problem(source, f"ffn_widths (layers {first_few([item[1] for item in found])})",
+                                    f"{len(found)} kept layers, first layer {layer}: {message}", severity))
+        else:
+            problems += [Problem(source, f"ffn_widths[{position}] (layer {layer})", message, severity)
+                         for position, layer, message in found]
     return problems
 
 
@@ -98,28 +109,6 @@ def check_slice_config(config: SliceConfig, facts: ArchFacts, source: str) -> li
     """Every problem of `config` against `facts`, errors and warnings."""
     return [*_check_base(config, facts, source), *_check_skips(config, facts, source),
             *_check_widths(config, facts, source)]
-
-
-def check_config_files(paths: list[Path], facts: ArchFacts, runtime: str | None = None) -> dict[Path, list[Problem]]:
-    """Load and check each file; a file that does not parse yields one problem naming it. With
-    `runtime`, a config that is otherwise valid is also checked against that runtime's rules."""
-    from matlab.plan import SlicePlan  # the plan validates with this module
-    from matlab.runtimes import check_runtime, runtime_problems
-
-    if runtime:
-        check_runtime(runtime)
-    report: dict[Path, list[Problem]] = {}
-    for path in paths:
-        try:
-            config = load_slice_config(path)
-        except SliceConfigError as error:
-            report[path] = [Problem(str(path), "file", str(error).removeprefix(f"{path}: "))]
-            continue
-        problems = check_slice_config(config, facts, str(path))
-        if runtime and not any(problem.severity == "error" for problem in problems):
-            problems += runtime_problems(SlicePlan.build(config, facts, str(path)), runtime, str(path))
-        report[path] = problems
-    return report
 
 
 def require_valid(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:

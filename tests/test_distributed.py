@@ -4,6 +4,7 @@ workers and drivers killed mid-run, bad clusters, and Ray missing."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import psutil
 import pytest
 
 from matlab.bundled import resolve_config_entry, resolve_suite
+from matlab.core.loading import load_model
 from matlab.distributed.pool import DistributedError, PoolSettings, WorkerPool
 from matlab.harness.report import build_report
 from matlab.harness.results import TIMING_FIELDS
@@ -192,4 +194,4 @@ def test_a_worker_that_cannot_load_the_model_is_one_line_not_a_death(ray_instanc
 ])
 def test_devices_and_gpu_shares_ray_cannot_honour_are_refused_before_ray_starts(device, gpus, message):
     with pytest.raises(DistributedError, match=re.escape(message)):
-        WorkerPool("nano", device, "float32", PoolSettings(2, gpus_per_worker=gpus))
+        WorkerPool(functools.partial(load_model, "nano", device=device), device, PoolSettings(2, gpus_per_worker=gpus))

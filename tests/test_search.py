@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from matlab.accounting import count_parameters
 from matlab.architecture import facts_from_checkpoint
 from matlab.cli import app
+from matlab.config_files import check_config_files
 from matlab.core.loading import load_model
 from matlab.inventory import inventory_from_checkpoint
 from matlab.plan import SlicePlan
@@ -25,7 +26,6 @@ from matlab.runtimes import runtime_violations
 from matlab.search.run import SearchSettings, run_search
 from matlab.slice_config import load_slice_config
 from matlab.slicer import slice_checkpoint
-from matlab.validation import check_config_files
 
 runner = CliRunner()
 NANO = resolve_checkpoint("nano")

@@ -53,8 +53,8 @@ def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YA
              checkpoint: CheckpointOpt = None, arch: ArchOpt = None, runtime: RuntimeOpt = None) -> None:
     """Check slice configs against an architecture (and a runtime's assumptions); report every
     problem, exit 1 if any is an error. With --checkpoint, its weights' headers are checked too."""
+    from matlab.config_files import check_config_files
     from matlab.io.reader import CheckpointFiles
-    from matlab.validation import check_config_files
 
     with reported_errors():
         facts, directory = facts_of(checkpoint, arch)

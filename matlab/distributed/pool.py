@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from matlab.distributed.worker import EvaluationWorker, Task
 from matlab.errors import MatformerError
 
 INSTALL_HINT = "pip install 'matformer-lab[distributed]'"
@@ -69,9 +70,11 @@ def _death_errors(ray) -> tuple[type[BaseException], ...]:
 
 
 class WorkerPool:
-    """Ray actors (`matlab.distributed.worker.EvaluationWorker`), each with the model loaded."""
+    """Ray actors (`matlab.distributed.worker.EvaluationWorker`), each with the model that
+    `load` (a picklable function of no arguments, such as a `functools.partial` of
+    `load_model`) returns, running the tasks (`Task`: task(state, payload)) they are handed."""
 
-    def __init__(self, checkpoint: str, device: str, dtype: str, settings: PoolSettings, restarts: int | None = None):
+    def __init__(self, load: Callable[[], Any], device: str, settings: PoolSettings, restarts: int | None = None):
         if settings.workers < 1:
             raise DistributedError("--workers: at least 1")
         gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else \
@@ -111,11 +114,9 @@ class WorkerPool:
                 raise DistributedError(f"--workers {settings.workers}: the Ray cluster has "
                                        f"{available.get(resource, 0.0):g} {resource}s, and each worker takes {each:g}; "
                                        "use fewer workers (or --gpus-per-worker, --threads-per-worker)")
-        from matlab.distributed.worker import EvaluationWorker
-
         self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus)(EvaluationWorker)
-        self._arguments = (checkpoint, device, dtype, self.threads)
-        self._setups: list[tuple[str, Any]] = []  # (method, the payload in the object store)
+        self._arguments = (load, self.threads)
+        self._setups: list[tuple[Task, Any]] = []  # (task, the payload in the object store)
         self._restarts_left = settings.workers if restarts is None else restarts
         self._death = _death_errors(ray)
         self.restarted = 0
@@ -140,12 +141,13 @@ class WorkerPool:
         if self._started_here:
             self.ray.shutdown()
 
-    def setup(self, method: str, payload: Any) -> None:
-        """Call `method(payload)` on every actor now and on every replacement later (the payload
-        is put in Ray's object store once)."""
+    def setup(self, task: Task, payload: Any) -> None:
+        """Run `task` with `payload` on every actor now and on every replacement later (the
+        payload is put in Ray's object store once); a set-up task stores what later tasks need
+        in the actor's state."""
         reference = self.ray.put(payload)
-        self._setups.append((method, reference))
-        self.ray.get([getattr(actor, method).remote(reference) for actor in self.actors])
+        self._setups.append((task, reference))
+        self.ray.get([actor.run.remote(task, reference) for actor in self.actors])
 
     def _replace(self, dead):
         """A new actor for a dead one: None once the restart budget is spent, or when the
@@ -167,20 +169,20 @@ class WorkerPool:
         self.restarted += 1
         actor = self._actor_class.remote(*self._arguments)
         self._ready([actor])
-        self.ray.get([getattr(actor, method).remote(payload) for method, payload in self._setups])
+        self.ray.get([actor.run.remote(task, payload) for task, payload in self._setups])
         self.actors.append(actor)
         return actor
 
-    def map(self, method: str, payloads: list[Any], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-        """`method(payload)` on the actors for every payload; results in the payloads' order,
-        each also passed to `on_result(index, result)` as it arrives."""
+    def map(self, task: Task, payloads: list[Any], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """`task` on the actors for every payload; results in the payloads' order, each also
+        passed to `on_result(index, result)` as it arrives."""
         results: list[Any] = [None] * len(payloads)
         pending, busy = deque(range(len(payloads))), {}
         idle = list(self.actors)
         while pending or busy:
             while idle and pending:
                 actor, index = idle.pop(), pending.popleft()
-                busy[getattr(actor, method).remote(payloads[index])] = (actor, index)
+                busy[actor.run.remote(task, payloads[index])] = (actor, index)
             (future,), _ = self.ray.wait(list(busy), num_returns=1)
             actor, index = busy.pop(future)
             try:
@@ -201,9 +203,9 @@ class WorkerPool:
             idle.append(actor)
         return results
 
-    def call(self, method: str, payload: Any) -> Any:
-        """`method(payload)` on one actor (retried on another if it dies)."""
-        return self.map(method, [payload])[0]
+    def call(self, task: Task, payload: Any) -> Any:
+        """`task` with `payload` on one actor (retried on another if it dies)."""
+        return self.map(task, [payload])[0]
 
     def close(self) -> None:
         for actor in self.actors:

@@ -12,9 +12,73 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from matlab.errors import CheckpointError
+from matlab.errors import CheckpointError, shown_value
+
+# No architecture has more layers than this; a larger count is a corrupt config.json, refused
+# before any per-layer list is built from it.
+MAX_LAYERS = 100_000
+
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer_range(minimum: int, maximum: int | None) -> str:
+    if maximum is None:
+        return "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    return f"an integer from {minimum:,} to {maximum:,}"
+
+
+class ConfigFields:
+    """Reads the fields of one parsed text config for `Family.check_fields`: each read checks
+    the value and raises CheckpointError naming the file, the field and the fix. With
+    `present_only`, a field the config leaves out is not required (transformers fills it in)."""
+
+    def __init__(self, config: dict[str, Any], source: str, layers_key: str, key_prefix: str = "",
+                 present_only: bool = False):
+        self.config, self.source, self.layers_key = config, source, layers_key
+        self.key_prefix, self.present_only = key_prefix, present_only
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        raise CheckpointError(f"{self.source}: {self.key_prefix}{field} {problem}; fix or re-download config.json")
+
+    def _read(self, key: str) -> Any:
+        if key not in self.config:
+            self.fail(key, "is missing")
+        return self.config[key]
+
+    def integer(self, key: str, minimum: int = 1, maximum: int | None = None, default: int | None = None) -> int | None:
+        """An integer from `minimum` to `maximum`; `default` (or None with `present_only`) when absent."""
+        if key not in self.config and (default is not None or self.present_only):
+            return default
+        value = self._read(key)
+        if not _is_integer(value) or value < minimum or (maximum is not None and value > maximum):
+            self.fail(key, f"is {shown_value(value)}, not {_integer_range(minimum, maximum)}")
+        return value
+
+    def per_layer(self, key: str, layers: int | None, entry_ok: Callable[[Any], bool], entry: str,
+                  scalar_ok: bool = False) -> list[Any] | None:
+        """A list of one `entry` per layer (with `scalar_ok`, one entry for every layer stands
+        too). Returns the list; None for a scalar, or for an absent or null field with `present_only`."""
+        if self.present_only and self.config.get(key) is None:
+            return None
+        value = self._read(key)
+        if scalar_ok and not isinstance(value, list):
+            if not entry_ok(value):
+                self.fail(key, f"is {shown_value(value)}, not {entry} or a list of them, one per layer")
+            return None
+        if not isinstance(value, list):
+            self.fail(key, f"is {shown_value(value)}, not a list of one entry per layer (each {entry})")
+        for index, item in enumerate(value):
+            if not entry_ok(item):
+                self.fail(f"{key}[{index}]", f"is {shown_value(item)}, not {entry}")
+        if layers is not None and len(value) != layers:
+            self.fail(key, f"has {len(value):,} entries but {self.key_prefix}{self.layers_key} is {layers:,}")
+        return value
 
 
 class Family:
@@ -34,6 +98,7 @@ class Family:
     layer_types_key = "layer_types"
     num_kv_shared_key = "num_kv_shared_layers"
     block_size_key = ""                      # width of one layer's block in the layer-blocked tables
+    attention_types: tuple[str, ...] = ()    # the layer_types entries the family runs (empty: any name)
     # Per-layer tensor suffix -> the axis cut to the kept FFN width (MatFormer nesting keeps
     # the first k neurons).
     ffn_cuts: dict[str, int] = {}
@@ -63,24 +128,62 @@ class Family:
         if config.get("model_type") == self.multimodal_model_type:
             text_config = config.get(self.text_config_key)
             if not isinstance(text_config, dict):
-                raise CheckpointError(f"{source}: config.json has model_type {self.multimodal_model_type} but no "
-                                      f"{self.text_config_key}")
+                stated = "missing" if text_config is None else f"{shown_value(text_config)}, not an object"
+                raise CheckpointError(f"{source}: model_type is {self.multimodal_model_type} but "
+                                      f"{self.text_config_key} is {stated}; fix or re-download config.json")
             return text_config, True
         return config, False
 
-    def normalize_text_config(self, text_config: dict[str, Any], source: str) -> dict[str, Any]:
+    def normalize_text_config(self, text_config: dict[str, Any], source: str, key_prefix: str = "") -> dict[str, Any]:
         """Per-layer fields as explicit lists of one entry per layer (a scalar FFN width is
-        expanded); raises CheckpointError naming the field when they disagree."""
+        expanded), after `check_text_config`. `key_prefix` names the text config in messages
+        (`text_config.` in a multimodal config.json)."""
+        self.check_text_config(text_config, source, key_prefix)
         normalized = dict(text_config)
-        layers = int(normalized[self.num_layers_key])
-        if not isinstance(normalized.get(self.ffn_widths_key), list):
-            normalized[self.ffn_widths_key] = [int(normalized[self.ffn_widths_key])] * layers
-        for key in self.per_layer_keys():
-            if not isinstance(normalized.get(key), list) or len(normalized[key]) != layers:
-                found = len(normalized[key]) if isinstance(normalized.get(key), list) else "no"
-                raise CheckpointError(f"{source}: {key} has {found} entries but {self.num_layers_key} is {layers}; "
-                                      "the config is inconsistent")
+        if not isinstance(normalized[self.ffn_widths_key], list):
+            normalized[self.ffn_widths_key] = [normalized[self.ffn_widths_key]] * normalized[self.num_layers_key]
         return normalized
+
+    def check_text_config(self, text_config: dict[str, Any], source: str, key_prefix: str = "",
+                          present_only: bool = False) -> None:
+        """Raise CheckpointError naming the first field the workbench cannot use (wrong type,
+        missing, out of range, a per-layer list of the wrong length). Every fact the family
+        reads from a config is checked here, once, so nothing downstream meets a bad value.
+        With `present_only`, fields the config leaves out are not required."""
+        self.check_fields(ConfigFields(text_config, source, self.num_layers_key, key_prefix, present_only))
+
+    def check_fields(self, fields: ConfigFields) -> int | None:
+        """The checks of `check_text_config`; a family adds its own fields. Returns the layer
+        count (None when `present_only` and the config leaves it out)."""
+        layers = fields.integer(self.num_layers_key, maximum=MAX_LAYERS)
+        per_layer = {key: fields.per_layer(key, layers, *self.layer_entry(key), scalar_ok=key == self.ffn_widths_key)
+                     for key in self.per_layer_keys()}
+        shared = fields.integer(self.num_kv_shared_key, minimum=0, default=0,
+                                maximum=None if layers is None else layers - 1)
+        for key in self.size_keys():
+            fields.integer(key)
+        layer_types = per_layer.get(self.layer_types_key)
+        if layer_types is not None and shared:
+            producers, consumers = self.kv_roles(layer_types, shared)
+            orphaned = sorted({layer_types[layer] for layer in consumers} - set(producers))
+            if orphaned:
+                fields.fail(self.num_kv_shared_key, f"is {shared}, but no {orphaned[0]} layer comes before the last "
+                                                    f"{shared} layers to produce their KV")
+        return layers
+
+    def layer_entry(self, key: str) -> tuple[Callable[[Any], bool], str]:
+        """What one entry of the per-layer field `key` must be: a test and its description."""
+        if key == self.ffn_widths_key:
+            return (lambda width: _is_integer(width) and width > 0), "a positive integer"
+        if key == self.layer_types_key and self.attention_types:
+            return (lambda kind: kind in self.attention_types), f"one of {', '.join(self.attention_types)}"
+        if key == self.layer_types_key:
+            return (lambda kind: isinstance(kind, str) and bool(kind)), "an attention type name"
+        return (lambda entry: True), "an entry"
+
+    def size_keys(self) -> tuple[str, ...]:
+        """Text config keys that must hold a positive integer."""
+        return (self.block_size_key,) if self.block_size_key else ()
 
     def per_layer_keys(self) -> tuple[str, ...]:
         """Text config keys that must hold one entry per layer."""
@@ -203,6 +306,6 @@ def family_for_config(config: dict[str, Any], source: str) -> Family:
     family = _FAMILIES.get(model_type) if isinstance(model_type, str) else None
     if family is None:
         known = ", ".join(f"'{name}'" for name in sorted(_FAMILIES))
-        raise CheckpointError(f"{source}: config.json has model_type {model_type!r}; MatFormer Lab handles "
-                              f"model types {known}")
+        stated = "is missing" if model_type is None else shown_value(model_type)
+        raise CheckpointError(f"{source}: model_type {stated}; MatFormer Lab handles model types {known}")
     return family

@@ -11,6 +11,7 @@ does not allocate them; the MatFormer was trained at each layer's base FFN width
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from matlab.errors import CheckpointError
@@ -23,6 +24,7 @@ class Gemma3nFamily(Family):
     multimodal_model_type = "gemma3n"
     block_size_key = "hidden_size_per_layer_input"
     sparsity_key = "activation_sparsity_pattern"
+    attention_types = ("sliding_attention", "full_attention")
     ffn_cuts = {"mlp.gate_proj.weight": 0, "mlp.up_proj.weight": 0, "mlp.down_proj.weight": 1}
     layer_blocks = {"embed_tokens_per_layer.weight": 1, "per_layer_model_projection.weight": 0}
     # Effective parameters exclude the token embedding and the per-layer embedding table.
@@ -37,21 +39,40 @@ class Gemma3nFamily(Family):
     def per_layer_keys(self) -> tuple[str, ...]:
         return (*super().per_layer_keys(), self.sparsity_key)
 
-    def normalize_text_config(self, text_config: dict[str, Any], source: str) -> dict[str, Any]:
+    def layer_entry(self, key: str) -> tuple[Callable[[Any], bool], str]:
+        if key == self.sparsity_key:  # a Gaussian top-k quantile: 1.0 would keep no activation
+            return (lambda sparsity: isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
+                    and 0.0 <= sparsity < 1.0), "a sparsity from 0 up to (not including) 1"
+        return super().layer_entry(key)
+
+    def size_keys(self) -> tuple[str, ...]:
+        # What the accounting reads (`stored_unallocated`) and transformers sizes the model by.
+        return (*super().size_keys(), "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "vocab_size", "vocab_size_per_layer_input")
+
+    def normalize_text_config(self, text_config: dict[str, Any], source: str, key_prefix: str = "") -> dict[str, Any]:
         """Released configs state every per-layer list; then torch is never imported (it alone
         costs the slicer ~0.8 GB of resident memory). Otherwise transformers' config class
-        fills in its own defaults (`layer_types` from the sliding/full pattern and so on)."""
+        fills in its own defaults (`layer_types` from the sliding/full pattern and so on), after
+        the fields the config does state are checked (a layer count of 10**9 would otherwise
+        build lists of that length)."""
         if all(isinstance(text_config.get(key), list) for key in (self.layer_types_key, self.sparsity_key)):
-            return super().normalize_text_config(text_config, source)
+            return super().normalize_text_config(text_config, source, key_prefix)
+        self.check_text_config(text_config, source, key_prefix, present_only=True)
+        from huggingface_hub.errors import StrictDataclassError
         from transformers import Gemma3nTextConfig
 
         fields = {key: value for key, value in text_config.items() if key not in ("model_type", "architectures")}
         try:
             normalized = Gemma3nTextConfig(**fields).to_dict()
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{source}: text config is not a valid Gemma 3n config ({error})") from None
+        except (TypeError, ValueError, StrictDataclassError) as error:
+            reason = " ".join(str(error).split())  # transformers' messages span lines
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
+            where = key_prefix.rstrip(".") or "the text config"
+            raise CheckpointError(f"{source}: {where} is not a valid Gemma 3n config ({reason}); fix or re-download "
+                                  "config.json") from None
         normalized.pop("transformers_version", None)
-        return super().normalize_text_config(normalized, source)
+        return super().normalize_text_config(normalized, source, key_prefix)
 
     def sparse_layers(self, text_config: dict[str, Any]) -> list[int]:
         """Layers with Gaussian top-k activation sparsity (E4B: the first 10)."""

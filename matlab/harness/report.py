@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from matlab.errors import MatformerError
+from matlab.errors import InputError, MatformerError
 from matlab.harness import published
 from matlab.harness.pareto import pareto_front
-from matlab.harness.results import RUN_FILE, SERIAL_LATENCY, read_results
+from matlab.harness.results import RESULTS_FILE, RUN_FILE, SERIAL_LATENCY, json_kind, read_json_file, read_results
 from matlab.io.staging import staged_output
 from matlab.slice_config import width_runs
 
@@ -33,12 +33,41 @@ def _plot(title: str, svg: bytes, note: str) -> Plot:
     return Plot(title, base64.b64encode(svg).decode("ascii"), note)
 
 
+# The fields of a result row the report draws and tabulates, beyond those every row has; the
+# throughput is empty in a sweep killed before it was measured.
+REPORT_FIELDS = ("effective_params", "weight_bytes", "kept_layers", "layers_skipped", "ffn_widths", "checkpoint",
+                 "device", "dtype")
+MEASURED_LATER = ("decode_tokens_per_s", "prefill_tokens_per_s")
+
+
+def _run_record(run_dir: Path) -> dict:
+    """run.json (the sweep's settings), {} without one; a damaged one is refused, naming it."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return {}
+    fix = "restore it, or move it aside to report the results without the run's settings"
+    run = read_json_file(path, fix)
+    if not isinstance(run, dict):
+        raise InputError(f"{path}: holds {json_kind(run)}, not an object; {fix}")
+    identity = run.get("identity", {})
+    suite = identity.get("suite", {}) if isinstance(identity, dict) else None
+    tasks = suite.get("tasks", []) if isinstance(suite, dict) else None
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) and isinstance(task.get("name"), str)
+                                              and isinstance(task.get("metric"), str) for task in tasks):
+        raise InputError(f"{path}: not the record of a sweep (its identity.suite.tasks cannot be read); {fix}")
+    return run
+
+
 def _load(run_dir: Path):
     frame = read_results(run_dir)
     if frame.empty:
         raise ReportError(f"{run_dir}: no results.jsonl rows; run `matformer sweep ... --out {run_dir}` first")
-    run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_FILE).is_file() else {}
-    return frame, run
+    missing = [name for name in REPORT_FIELDS if name not in frame.columns or frame[name].isna().any()] + \
+        [name for name in MEASURED_LATER if name not in frame.columns]
+    if missing:
+        raise ReportError(f"{run_dir / RESULTS_FILE}: rows without {', '.join(missing)}, which the report draws; "
+                          f"delete it and run the sweep again with --out {run_dir} to rebuild it")
+    return frame, _run_record(run_dir)
 
 
 def _metric_series(frame, task: str, metric: str):
@@ -92,7 +121,7 @@ def _search_results(run_dir: Path, search: Path | None):
     results the report shows: `search`, or the search whose confirm run `run_dir` is."""
     import pandas as pd
 
-    from matlab.search.journal import CANDIDATES_FILE, CONFIRM_DIR, SEARCH_FILE
+    from matlab.search.journal import CANDIDATES_FILE, CONFIRM_DIR, RECORD_FIELDS, SEARCH_FILE, read_journal
 
     if search is None and (run_dir.parent / SEARCH_FILE).is_file() and run_dir.name == CONFIRM_DIR:
         search = run_dir.parent
@@ -100,8 +129,21 @@ def _search_results(run_dir: Path, search: Path | None):
         return None, None, None
     if not (search / SEARCH_FILE).is_file():
         raise ReportError(f"--search {search}: no {SEARCH_FILE}; pass the --out directory of `matformer search`")
-    summary = json.loads((search / SEARCH_FILE).read_text(encoding="utf-8"))
-    candidates = pd.read_json(search / CANDIDATES_FILE, lines=True)
+    summary = read_json_file(search / SEARCH_FILE, "restore it, or run the search again into a new --out")
+    finished = isinstance(summary, dict) and summary.get("status") == "complete"
+    if not finished:
+        status = summary.get("status") if isinstance(summary, dict) else None
+        raise ReportError(f"--search {search}: {search / SEARCH_FILE} is not the record of a finished search "
+                          f"(status {status!r}); run the search again with the same arguments to finish it")
+    if not isinstance(summary.get("frontier"), list) or not isinstance(summary.get("budget"), dict) or \
+            summary["budget"].get("cost") not in ("effective_params", "weight_bytes") or \
+            not all(isinstance(entry, dict) and "submodel_id" in entry for entry in summary["frontier"]):
+        raise ReportError(f"--search {search}: {search / SEARCH_FILE} has no readable frontier and budget; run the "
+                          "search again with the same arguments to rewrite it")
+    # A torn last line is an error here (the search drops it and evaluates it again; a report cannot).
+    records, _ = read_journal(search / CANDIDATES_FILE, drop_torn=False) if (search / CANDIDATES_FILE).is_file() \
+        else ([], None)
+    candidates = pd.DataFrame.from_records(records, columns=None if records else list(RECORD_FIELDS))
     confirm = search / CONFIRM_DIR
     found = read_results(confirm) if confirm.resolve() != run_dir.resolve() else None
     return summary, candidates, found
@@ -237,6 +279,6 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
             in zip(frame["task"], frame["metric"], frame["effective_params"], frame["value"])
             if (task, metric) in set(columns)}),
         published_note=published.dtype_note(suite_model, str(primary["dtype"].iloc[0])))
-    with staged_output(out, force) as temporary:
+    with staged_output(out, force, inputs=(run_dir, compare, search)) as temporary:
         (temporary / REPORT_NAME).write_text(html, encoding="utf-8")
     return out / REPORT_NAME

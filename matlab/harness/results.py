@@ -3,7 +3,8 @@
 Each config's rows are written to `configs/<stem>.json` through a temporary file and a
 rename, so a config is either wholly recorded or not at all; `results.jsonl` is then rebuilt
 from those files the same way. A sweep killed at any moment resumes from the files present,
-without losing or duplicating rows.
+without losing or duplicating rows. Files damaged by anything else are refused with one line
+naming the file (and line) and what to do, never read as if they were results.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from matlab.errors import InputError
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -25,6 +28,8 @@ SERIAL_LATENCY = "this process"
 TIMING_FIELDS = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
                  "decode_tokens_per_s", "decode_tokens_per_s_min", "decode_tokens_per_s_max", "latency_threads",
                  "latency_measured_on")
+# Fields every result row has; the sweep and the report read them.
+ROW_FIELDS = ("config", "submodel_id", "task", "metric", "value")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -41,8 +46,51 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def read_json_file(path: Path, fix: str) -> Any:
+    """The JSON value in `path`; an InputError naming the file, what is wrong with it and `fix`
+    (what to do) for a file that cannot be read, is not UTF-8 or is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text (byte {error.start}); {fix}") from None
+    if not text.strip():
+        raise InputError(f"{path}: empty; {fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}); {fix}") from None
+    except (ValueError, RecursionError):  # an integer too long to convert, arrays nested too deep
+        raise InputError(f"{path}: not JSON that can be read; {fix}") from None
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words: 'an object', 'a list', 'a string', 'a number'..."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def _missing_fields(row: Any, fields: tuple[str, ...]) -> str | None:
+    """What keeps `row` from being a result row, or None."""
+    if not isinstance(row, dict):
+        return f"{json_kind(row)}, not an object"
+    missing = [name for name in fields if name not in row]
+    return f"missing {', '.join(repr(name) for name in missing)}" if missing else None
+
+
 def config_result_path(run_dir: Path, key: str) -> Path:
     return run_dir / CONFIGS_DIR / f"{key}.json"
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run directory whose results cannot be rewritten in place (a folder where a file goes)."""
+    for name, want_dir in ((CONFIGS_DIR, True), (RESULTS_FILE, False), (RUN_FILE, False)):
+        path = run_dir / name
+        if path.exists() and path.is_dir() != want_dir:
+            raise InputError(f"{path}: a {'file' if want_dir else 'folder'} where the sweep keeps its "
+                             f"{'results per config' if want_dir else name}; move it away, or choose another --out")
 
 
 def finished_keys(run_dir: Path) -> set[str]:
@@ -50,16 +98,67 @@ def finished_keys(run_dir: Path) -> set[str]:
     return {path.stem for path in directory.glob("*.json")} if directory.is_dir() else set()
 
 
+def _rows_of(path: Path) -> list[dict[str, Any]]:
+    fix = "delete it to re-run that config, or choose another --out"
+    rows = read_json_file(path, fix)
+    if not isinstance(rows, list) or not rows:
+        what = "an empty list" if rows == [] else json_kind(rows)
+        raise InputError(f"{path}: {what}, not the result rows of a config; {fix}")
+    for number, row in enumerate(rows, 1):
+        problem = _missing_fields(row, ROW_FIELDS)
+        if problem:
+            raise InputError(f"{path}: row {number} is {problem} (not a result row); {fix}")
+    return rows
+
+
 def recorded_rows(run_dir: Path, key: str) -> list[dict[str, Any]]:
-    return json.loads(config_result_path(run_dir, key).read_text(encoding="utf-8"))
+    """The rows recorded for one config (checked: a damaged file is an InputError naming it)."""
+    return _rows_of(config_result_path(run_dir, key))
+
+
+def recorded_configs(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every recorded config's rows by key, each file checked, in file name order."""
+    directory = run_dir / CONFIGS_DIR
+    return {path.stem: _rows_of(path) for path in sorted(directory.glob("*.json"))} if directory.is_dir() else {}
+
+
+def rebuild_results(run_dir: Path) -> None:
+    """Write results.jsonl afresh from every recorded config."""
+    all_rows = [row for rows in recorded_configs(run_dir).values() for row in rows]
+    write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(row, sort_keys=True) + "\n" for row in all_rows))
 
 
 def record_config(run_dir: Path, key: str, rows: list[dict[str, Any]]) -> None:
     """Record one finished config, then rebuild results.jsonl from every recorded config."""
     write_atomic(config_result_path(run_dir, key), json.dumps(rows, indent=1) + "\n")
-    all_rows = [row for path in sorted((run_dir / CONFIGS_DIR).glob("*.json"))
-                for row in json.loads(path.read_text(encoding="utf-8"))]
-    write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(row, sort_keys=True) + "\n" for row in all_rows))
+    rebuild_results(run_dir)
+
+
+def check_results_lines(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> None:
+    """Refuse a results.jsonl with a line that is not a result row, naming the file and the line."""
+    fix = f"it is rebuilt from {path.parent / CONFIGS_DIR}: delete it and run the sweep again with --out {path.parent}"
+    try:
+        with path.open("rb") as stream:
+            for number, raw in enumerate(stream, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    torn = "" if raw.endswith(b"\n") else ", cut short"
+                    raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}{torn}); "
+                                     f"{fix}") from None
+                except (ValueError, RecursionError):
+                    raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
+                problem = _missing_fields(row, fields)
+                if problem:
+                    raise InputError(f"{path}: line {number} is {problem} (not a result row); {fix}")
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
 
 
 def read_results(run_dir: str | Path):
@@ -69,4 +168,5 @@ def read_results(run_dir: str | Path):
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame()
+    check_results_lines(path)  # one line naming the file and line, not pandas' "Expected object or value"
     return pd.read_json(path, lines=True)

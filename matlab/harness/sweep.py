@@ -9,9 +9,12 @@ reorder them, and written into their rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +26,30 @@ from matlab.architecture import facts_from_checkpoint
 from matlab.core.latency import Latency, round_robin_latency
 from matlab.core.loading import LoadedModel, load_model
 from matlab.core.submodel import Submodel, select_submodel
-from matlab.distributed.pool import PoolSettings
-from matlab.errors import MatformerError
+from matlab.distributed.pool import PoolSettings, WorkerPool
+from matlab.errors import InputError, MatformerError, MatformerWarning
 from matlab.harness.evaluate import evaluate_submodel
 from matlab.harness.hub_data import require_datasets
 from matlab.harness.lm import DEFAULT_BOS_POLICY
-from matlab.harness.results import RUN_FILE, SERIAL_LATENCY, finished_keys, record_config, recorded_rows, write_atomic
+from matlab.harness.results import (
+    CONFIGS_DIR,
+    RESULTS_FILE,
+    RUN_FILE,
+    SERIAL_LATENCY,
+    check_run_files,
+    finished_keys,
+    json_kind,
+    read_json_file,
+    rebuild_results,
+    record_config,
+    recorded_configs,
+    recorded_rows,
+    write_atomic,
+)
 from matlab.harness.suite import Suite
 from matlab.inventory import inventory_from_checkpoint
+from matlab.io.lock import run_directory_lock
+from matlab.io.staging import check_apart
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
@@ -73,14 +92,24 @@ def _run_identity(directory: Path, settings: SweepSettings) -> dict:
 
 
 def _check_run_dir(run_dir: Path, identity: dict) -> None:
-    """Refuse a run directory that holds another sweep (writes nothing)."""
+    """Refuse a run directory that holds another sweep, or whose files are damaged (writes nothing)."""
+    check_run_files(run_dir)
     run_file = run_dir / RUN_FILE
+    # run.json says which sweep the results belong to: without it they cannot be resumed.
+    fix = "it records which sweep the directory holds: restore it, or choose another --out"
     if run_file.is_file():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))["identity"]
+        record = read_json_file(run_file, fix)
+        previous = record.get("identity") if isinstance(record, dict) else None
+        if not isinstance(previous, dict):
+            what = "has no sweep identity" if isinstance(record, dict) else f"holds {json_kind(record)}, not an object"
+            raise InputError(f"{run_file}: {what}; {fix}")
         if previous != identity:
             changed = sorted(key for key in identity if previous.get(key) != identity[key])
             raise SweepError(f"{run_dir} holds a sweep with different {', '.join(changed)}; resume it with the "
                              "same settings, or choose another --out")
+    elif finished_keys(run_dir):  # the sweep writes run.json before any result
+        raise InputError(f"{run_file}: missing, though {run_dir / CONFIGS_DIR} holds results; {fix}")
+    recorded_configs(run_dir)  # every recorded config readable, before any work
 
 
 def _start_run_dir(run_dir: Path, identity: dict) -> None:
@@ -138,6 +167,17 @@ def config_latencies(loaded: LoadedModel, configs: dict[str, SliceConfig], setti
                                settings.latency_rounds, settings.seed, on_round=on_round)
 
 
+def evaluate_on_worker(state: dict, payload: dict) -> list[dict]:
+    """A Ray worker's task (`matlab.distributed`): one config's rows."""
+    return evaluate_config(state["loaded"], **payload)
+
+
+def latencies_on_worker(state: dict, payload: dict) -> dict:
+    """A Ray worker's task: every config's throughput there, and the host it was measured on."""
+    return {"latencies": config_latencies(state["loaded"], payload["configs"], payload["settings"]),
+            "host": socket.gethostname()}
+
+
 def ray_latency_place(host: str, workers: int) -> str:
     """`latency_measured_on` of a distributed sweep: one worker measures while the others sit
     idle, never side by side on shared cores."""
@@ -163,6 +203,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
     from matlab.resolve import resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
+    check_apart(run_dir, [directory, *config_paths])
     facts = facts_from_checkpoint(directory)
     inventory = inventory_from_checkpoint(directory)
     configs = [(path, load_slice_config(path)) for path in config_paths]
@@ -178,11 +219,25 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
         raise SweepError("--materialize slices every config to one machine's disk; run it without --workers")
     require_datasets(settings.suite)  # offline and uncached: one line now, not a failure mid-sweep
     identity = _run_identity(directory, settings)
+    # One sweep at a time in a run directory: a second one would evaluate every config again.
+    with run_directory_lock(run_dir) as lock:
+        if lock.took_over:
+            warnings.warn(lock.took_over, MatformerWarning, stacklevel=2)
+        return _sweep_locked(checkpoint, directory, facts, inventory, configs, keys, plans, run_dir, identity,
+                             settings, progress, pool)
+
+
+def _sweep_locked(checkpoint: str | Path, directory: Path, facts, inventory, configs: list[tuple[Path, SliceConfig]],
+                  keys: list[str], plans: list[SlicePlan], run_dir: Path, identity: dict, settings: SweepSettings,
+                  progress: Progress, pool: PoolSettings | None) -> list[str]:
     _check_run_dir(run_dir, identity)
     done = finished_keys(run_dir)
     todo = [(path, config, key, plan) for (path, config), key, plan in zip(configs, keys, plans) if key not in done]
     by_key = {key: config for (_, config), key in zip(configs, keys)}
-    needs_latency = bool(todo) or any(recorded_rows(run_dir, key)[0]["decode_tokens_per_s"] is None for key in keys)
+    needs_latency = bool(todo) or any(recorded_rows(run_dir, key)[0].get("decode_tokens_per_s") is None
+                                      for key in keys)
+    if not todo and not (run_dir / RESULTS_FILE).exists():
+        rebuild_results(run_dir)  # deleted (it is derived from configs/): written again
     evaluated: list[str] = []
 
     def record(key: str, rows: list[dict]) -> None:
@@ -191,22 +246,21 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
         progress.advance()
 
     if pool is not None and needs_latency:
-        from matlab.distributed.pool import WorkerPool
-
         # The cluster is joined (or Ray started) before anything is written: an unreachable
         # cluster leaves no run directory behind.
-        with WorkerPool(str(checkpoint), settings.device, settings.dtype, pool) as workers:
+        load = functools.partial(load_model, str(checkpoint), device=settings.device, dtype=settings.dtype)
+        with WorkerPool(load, settings.device, pool) as workers:
             _start_run_dir(run_dir, identity)
             progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
             progress.describe(f"evaluating on {pool.workers} workers")
             payloads = [{"path": path, "config": config, "plan": plan, "settings": settings, "directory": directory,
                          "accounting": count_parameters(inventory, facts, plan, text_only=True)}
                         for path, config, _, plan in todo]
-            workers.map("sweep_config", payloads, on_result=lambda index, rows: record(todo[index][2], rows))
+            workers.map(evaluate_on_worker, payloads, on_result=lambda index, rows: record(todo[index][2], rows))
             # Throughput on one worker while the others are idle: comparable with a serial run,
             # and the rows say where it was taken.
             progress.describe("latency, round-robin on one worker")
-            measured = workers.call("latencies", {"configs": by_key, "settings": settings})
+            measured = workers.call(latencies_on_worker, {"configs": by_key, "settings": settings})
             _write_latencies(run_dir, measured["latencies"], ray_latency_place(measured["host"], pool.workers))
         return evaluated
     _start_run_dir(run_dir, identity)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from matlab.errors import MatformerWarning, OutputExistsError
 
-# What a directory `--force` may replace holds one of these: an output of this tool (a
-# checkpoint, a report), never an arbitrary folder such as a home directory.
+# What a directory `--force` may replace holds one of these (glob patterns): an output of this
+# tool (a checkpoint, a report, a run), never an arbitrary folder such as a home directory.
 OUTPUT_MARKERS = ("config.json", "model.safetensors.index.json", "model.safetensors", "index.html",
                   "run.json", "search.json")
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -59,9 +59,11 @@ def check_apart(out: Path, inputs: Iterable[str | Path | None], option: str = "-
             raise OutputExistsError(f"{option} {out} lies inside the input {entry}; choose an {option} outside it")
 
 
-def check_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+def check_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = (),
+                 markers: tuple[str, ...] = OUTPUT_MARKERS) -> None:
     """Refuse a non-empty `out` unless forced, an `out` that is a file, one that `force` would
-    replace although it holds no output of this tool, and one that overlaps an input."""
+    replace although it holds nothing matching `markers` (an output of this tool), and one
+    that overlaps an input."""
     check_apart(out, inputs)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
@@ -69,9 +71,9 @@ def check_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = (
         return
     if not force:
         raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
-    if not any((out / marker).exists() for marker in OUTPUT_MARKERS):
+    if not any(next(out.glob(marker), None) is not None for marker in markers):
         raise OutputExistsError(f"{out} is not empty and holds no checkpoint, report or run (none of "
-                                f"{', '.join(OUTPUT_MARKERS)}); --force replaces only such outputs: remove it "
+                                f"{', '.join(markers)}); --force replaces only such outputs: remove it "
                                 "yourself or choose another --out")
 
 
@@ -143,11 +145,13 @@ def _publish(temporary: Path, out: Path) -> None:
 
 
 @contextmanager
-def staged_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+def staged_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = (),
+                  markers: tuple[str, ...] = OUTPUT_MARKERS) -> Iterator[Path]:
     """Yield a temporary directory beside `out`; on success it becomes `out`, on any
     failure (an exception or KeyboardInterrupt) it is removed and `out` is untouched.
-    `inputs` are the files and folders the work reads: `out` may not overlap any of them."""
-    check_output(out, force, inputs)
+    `inputs` are the files and folders the work reads: `out` may not overlap any of them;
+    `markers` say what an earlier output that `force` may replace holds."""
+    check_output(out, force, inputs, markers)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out)
     temporary = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out, 'tmp')}{_host_tag()}-{os.getpid()}-",

@@ -2,9 +2,10 @@
 
 - `search.json`: the search's identity (checkpoint, budget, runtime, objective, calibration,
   widths, seed, dtype), its arguments and, when finished, the result. A directory holding
-  another search's identity is refused.
+  another search's identity is refused, and so is a damaged one (one line naming the file).
 - `candidates.jsonl`: every evaluated candidate, one JSON object per line, rewritten whole
-  through a temporary file and a rename after each evaluation, so it is always complete.
+  through a temporary file and a rename after each evaluation, so it is always complete
+  (`read_journal` says what is done with one that is not).
 - `frontier/*.yaml`: the Pareto set as slice configs, replaced as one directory at the end.
 """
 
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from matlab import __version__
-from matlab.errors import MatformerError
-from matlab.harness.results import write_atomic
+from matlab.errors import InputError, MatformerError
+from matlab.harness.results import json_kind, read_json_file, write_atomic
+from matlab.io.lock import is_lock_file
 from matlab.io.staging import staged_output
 
 SEARCH_FILE = "search.json"
@@ -32,21 +34,92 @@ class SearchError(MatformerError):
     exit_code = 2
 
 
+# What the search and the report read of every journal record.
+RECORD_FIELDS = {"submodel_id": str, "layers_skipped": list, "ffn_widths": list, "effective_params": int,
+                 "weight_bytes": int, "value": (int, float)}
+
+
+def recorded_identity(directory: Path) -> dict[str, Any] | None:
+    """The identity in `directory`'s search.json (None without one); a damaged search.json is an
+    InputError naming it."""
+    search_file = directory / SEARCH_FILE
+    if not search_file.is_file():
+        return None
+    fix = f"it records which search {directory} holds: restore it, or choose another --out"
+    summary = read_json_file(search_file, fix)
+    identity = summary.get("identity") if isinstance(summary, dict) else None
+    if not isinstance(identity, dict):
+        what = "has no search identity" if isinstance(summary, dict) else f"holds {json_kind(summary)}, not an object"
+        raise InputError(f"{search_file}: {what}; {fix}")
+    return identity
+
+
+def changed_keys(previous: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """The identity fields in which `identity` differs from a recorded one."""
+    identity = json.loads(json.dumps(identity))  # as it reads back from search.json (tuples as lists)
+    return sorted(key for key in set(identity) | set(previous) if previous.get(key) != identity.get(key))
+
+
 def check_directory(directory: Path, identity: dict[str, Any]) -> None:
     """Refuse a directory that is not empty and not this same search (raises before anything is written)."""
     if directory.exists() and not directory.is_dir():
         raise SearchError(f"--out {directory}: exists and is not a directory; choose another --out")
-    if not directory.is_dir() or not any(directory.iterdir()):
+    # The lock of the run holding the directory (this one) is not the search's content.
+    if not directory.is_dir() or all(is_lock_file(entry.name) for entry in directory.iterdir()):
         return
-    identity = json.loads(json.dumps(identity))  # as it reads back from search.json (tuples as lists)
-    search_file = directory / SEARCH_FILE
-    if not search_file.is_file():
+    previous = recorded_identity(directory)
+    if previous is None:
         raise SearchError(f"--out {directory}: not empty and holds no {SEARCH_FILE}; choose an empty or new --out")
-    previous = json.loads(search_file.read_text(encoding="utf-8")).get("identity", {})
-    changed = sorted(key for key in set(identity) | set(previous) if previous.get(key) != identity.get(key))
+    changed = changed_keys(previous, identity)
     if changed:
         raise SearchError(f"--out {directory}: holds a search with different {', '.join(changed)}; resume it with "
                           "the same arguments, or choose another --out")
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"{json_kind(record)}, not an object"
+    wrong = [name for name, kind in RECORD_FIELDS.items()
+             if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool)]
+    return f"missing or wrong {', '.join(repr(name) for name in wrong)}" if wrong else None
+
+
+def read_journal(path: Path, drop_torn: bool = True) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a candidates journal, and a line to show if its last line was torn and dropped.
+
+    The journal is rewritten whole through a rename, so a kill never tears it; a last line cut
+    short (no newline, not JSON) can still come from a disk filling up or a copy taken while an
+    older version appended to it. That line holds one unfinished record: with `drop_torn` it is
+    dropped and its candidate evaluated again (the search is deterministic, so nothing is lost),
+    and the caller says so. Anything else that is not a record, anywhere, is an InputError
+    naming the file and the line."""
+    fix = "delete that line to evaluate its candidate again, or choose another --out"
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror}); choose another --out") from None
+    records, dropped = [], None
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)  # after the final newline: the line was never finished
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
+        except json.JSONDecodeError as error:
+            if last and drop_torn:
+                dropped = f"{path}: dropped its last line ({number}), cut short; that candidate is evaluated again"
+                break
+            torn = ", cut short" if last else ""
+            raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}{torn}); {fix}") from None
+        except (ValueError, RecursionError):
+            raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
+        problem = _record_problem(record)
+        if problem:
+            raise InputError(f"{path}: line {number} is {problem} (not a candidate record); {fix}")
+        records.append(record)
+    return records, dropped
 
 
 class Journal:
@@ -58,9 +131,11 @@ class Journal:
         self.identity, self.arguments = identity, arguments
         directory.mkdir(parents=True, exist_ok=True)
         self.records: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
         path = directory / CANDIDATES_FILE
         if path.is_file():
-            self.records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+            self.records, dropped = read_journal(path)
+            self.warnings += [dropped] if dropped else []
         self.by_id = {record["submodel_id"]: record for record in self.records}
         if not (directory / SEARCH_FILE).is_file():
             self.write_summary({"status": "running"})
@@ -80,7 +155,7 @@ class Journal:
     def write_frontier(self, files: dict[str, str]) -> Path:
         """Replace `frontier/` with these files (name -> text), made visible in one rename."""
         target = self.directory / FRONTIER_DIR
-        with staged_output(target, force=True) as staging:
+        with staged_output(target, force=True, markers=("*.yaml",)) as staging:
             for name, text in files.items():
                 (staging / name).write_text(text, encoding="utf-8")
         return target

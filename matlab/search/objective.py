@@ -10,10 +10,14 @@ the vocabulary size. `perplexity`: the submodel's perplexity of the same tokens.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import itertools
 import json
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,70 +29,180 @@ from matlab.errors import InputError
 OBJECTIVES = ("kl", "perplexity")
 
 
+# A text is tokenized in pieces of at most this many characters, so that a long one (a whole
+# file) is read and tokenized only as far as the tokens needed; a text up to this long is one
+# piece, tokenized exactly as a whole.
+PIECE_CHARS = 1 << 20
+_READ_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Token windows, each starting with BOS, batched as [batch, window] tensors."""
 
     batches: tuple[torch.Tensor, ...]
     source: str
+    texts_sha256: str = ""  # of the text read to make the windows (`texts_digest` of it)
 
     @property
     def tokens(self) -> int:
         return sum(batch.numel() for batch in self.batches)
 
 
-def read_calibration(path: Path) -> list[str]:
-    """Texts of a calibration file: a text file (one text), or JSONL with a `text` field per line."""
+# A calibration text: a string, or its pieces in order (a file too long to hold as one string).
+CalibrationText = str | Iterable[str]
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where a piece of `text` of at most `limit` characters ends: before the last run of
+    whitespace, preferring one with a line end (tokens start with their space, and runs of
+    newlines or spaces are tokens of their own, so no token spans the cut); `limit` if none."""
+    position = text.rfind("\n", 1, limit)
+    if position < 1:
+        position = max(text.rfind(" ", 1, limit), text.rfind("\t", 1, limit))
+    while position > 0 and text[position - 1].isspace():
+        position -= 1
+    return position if position > 0 else limit
+
+
+def text_pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters (one piece if it is no longer)."""
+    while len(text) > limit:
+        cut = _cut(text, limit)
+        yield text[:cut]
+        text = text[cut:]
+    yield text
+
+
+def _decoded(stream, path: Path) -> Iterator[str]:
+    """The UTF-8 text of a binary stream, read a block at a time, line ends read as `\\n` (as
+    `Path.read_text` does); a byte that is not UTF-8 is an InputError naming its line."""
+    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
+    line = 1
+    while True:
+        block = stream.read(_READ_BYTES)
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as error:
+            line += block[:max(error.start, 0)].count(b"\n")
+            raise InputError(f"--calibration {path}: not UTF-8 text (line {line}); give a text or JSONL file") from None
+        line += block.count(b"\n")
+        if text:
+            yield text
+        if not block:
+            return
+
+
+def _file_pieces(blocks: Iterator[str], limit: int = PIECE_CHARS) -> Iterator[str]:
+    """Pieces of a text arriving in blocks, cut as `text_pieces` cuts one string."""
+    pending = ""
+    for block in blocks:
+        pending += block
+        while len(pending) > limit:
+            cut = _cut(pending, limit)
+            yield pending[:cut]
+            pending = pending[cut:]
+    yield pending
+
+
+def _jsonl_texts(stream, path: Path) -> Iterator[str]:
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"--calibration {path}: line {number} is not UTF-8 text; write one "
+                             '{"text": ...} object per line') from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            raise InputError(f"--calibration {path}: line {number} is not JSON; write one "
+                             '{"text": ...} object per line') from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputError(f"--calibration {path}: line {number} has no string field 'text'; write one "
+                             '{"text": ...} object per line')
+        yield record["text"]
+
+
+def read_calibration(path: Path) -> Iterator[CalibrationText]:
+    """The texts of a calibration file, read lazily, as far as they are used: a text file is one
+    text (in pieces), JSONL gives one text per line's `text` field. A file that cannot be used
+    (not UTF-8, a line that is not a text record, no text at all) is an InputError naming the
+    file and line, raised when the reading gets there."""
     try:
-        raw = path.read_text(encoding="utf-8")
+        stream = path.open("rb")
     except OSError as error:
         raise InputError(f"--calibration {path}: cannot read it ({error.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"--calibration {path}: not UTF-8 text; give a text or JSONL file") from None
-    if path.suffix != ".jsonl":
-        texts = [raw] if raw.strip() else []
-    else:
-        texts = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError(f"--calibration {path}: line {number} is not JSON; write one "
-                                 '{"text": ...} object per line') from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise InputError(f"--calibration {path}: line {number} has no string field 'text'")
-            texts.append(record["text"])
-    if not texts:
-        raise InputError(f"--calibration {path}: no text in it")
-    return texts
+    return _calibration_texts(stream, path)
 
 
-def make_calibration(tokenizer, texts: list[str], source: str, window: int, max_tokens: int,
+def _calibration_texts(stream, path: Path) -> Iterator[CalibrationText]:
+    with stream:
+        found = False
+        if path.suffix == ".jsonl":
+            for text in _jsonl_texts(stream, path):
+                found = True
+                yield text
+        else:
+            pieces = _file_pieces(_decoded(stream, path))
+            first = next(pieces)
+            # A first piece shorter than a full one is the whole file: blank, it holds no text.
+            found = bool(first.strip()) or len(first) == PIECE_CHARS
+            if found:
+                yield itertools.chain([first], pieces)
+        if not found:
+            raise InputError(f"--calibration {path}: no text in it")
+
+
+def make_calibration(tokenizer, texts: Iterable[CalibrationText], source: str, window: int, max_tokens: int,
                      batch_size: int = 8) -> Calibration:
     """Up to `max_tokens` tokens of `texts` (separated by EOS) in windows of `window` tokens,
-    each starting with BOS; a last window shorter than the others is dropped if any is full."""
+    each starting with BOS; a last window shorter than the others is dropped if any is full.
+    The texts are read and tokenized a piece at a time, only as far as the windows need."""
     if tokenizer is None:
         raise InputError("the checkpoint ships no tokenizer; the search needs one to read calibration text")
-    stream: list[int] = []
-    for text in texts:
-        stream += tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        if len(stream) >= max_tokens:
-            break
     body = window - 1
+    # Once the stream holds this many tokens the windows are decided: the rest of the text is not read.
+    needed = max(1, max_tokens // window) * body
+    stream: list[int] = []
+    digest = hashlib.sha256()
+    iterator = iter(texts)
+    try:
+        for number, text in enumerate(iterator):
+            digest.update(b"\x00" if number else b"")
+            for piece in (text_pieces(text) if isinstance(text, str) else text):
+                digest.update(piece.encode())
+                stream += tokenizer(piece, add_special_tokens=False).input_ids
+                if len(stream) >= needed:
+                    break
+            else:
+                stream.append(tokenizer.eos_token_id)
+                if len(stream) < max_tokens:
+                    continue
+            break
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a file's reader: closes the file
+            close()
     full_windows = min(max(1, max_tokens // window), len(stream) // body)
     windows = [[tokenizer.bos_token_id, *stream[i * body:(i + 1) * body]] for i in range(full_windows)]
     windows = windows or [[tokenizer.bos_token_id, *stream[:body]]]  # shorter than one window: all of it
     if not windows or len(windows[0]) < 2:
         raise InputError(f"calibration text from {source} is too short; give at least a few sentences")
     batches = tuple(torch.tensor(windows[start:start + batch_size]) for start in range(0, len(windows), batch_size))
-    return Calibration(batches, source)
+    return Calibration(batches, source, digest.hexdigest())
 
 
-def texts_digest(texts: list[str]) -> str:
-    """The calibration texts' identity: a SHA-256 of their content."""
-    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+def texts_digest(texts: Iterable[CalibrationText]) -> str:
+    """The calibration texts' identity: a SHA-256 of their content (of all of it: read through,
+    a file's texts are hashed a piece at a time)."""
+    digest = hashlib.sha256()
+    for number, text in enumerate(texts):
+        digest.update(b"\x00" if number else b"")
+        for piece in ([text] if isinstance(text, str) else text):
+            digest.update(piece.encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matlab import __version__
 from matlab.architecture import facts_from_checkpoint
-from matlab.core.loading import load_model, load_shapes
-from matlab.distributed.pool import PoolSettings
+from matlab.core.loading import load_model, load_shapes, load_tokenizer
+from matlab.distributed.pool import PoolSettings, WorkerPool
 from matlab.errors import InputError
 from matlab.harness.pareto import pareto_front
 from matlab.inventory import inventory_from_checkpoint
+from matlab.io.lock import run_directory_lock
+from matlab.io.staging import check_apart
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import EMBEDDED, resolve_checkpoint
 from matlab.runtimes import check_runtime, runs_in
 from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
-from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, check_directory
+from matlab.search.journal import (
+    CONFIRM_DIR,
+    FRONTIER_DIR,
+    Journal,
+    SearchError,
+    changed_keys,
+    check_directory,
+    recorded_identity,
+)
 from matlab.search.objective import (
     OBJECTIVES,
     Calibration,
+    CalibrationText,
     make_calibration,
     measure_candidate,
     read_calibration,
@@ -84,7 +97,7 @@ def _check_arguments(settings: SearchSettings) -> None:
         raise InputError(f"--strategy {settings.strategy}: choose one of {', '.join(STRATEGIES)}")
 
 
-def _calibration_texts(settings: SearchSettings) -> tuple[list[str], str]:
+def _calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationText], str]:
     if settings.calibration is not None:
         return read_calibration(settings.calibration), str(settings.calibration)
     if settings.checkpoint in EMBEDDED:
@@ -112,8 +125,8 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
     """Search, write the run directory, and (with `confirm_suite`) confirm the frontier with a sweep."""
     _check_arguments(settings)
     directory = resolve_checkpoint(settings.checkpoint)
+    check_apart(settings.out, [directory, settings.calibration, settings.confirm_suite])
     facts = facts_from_checkpoint(directory)
-    texts, calibration_source = _calibration_texts(settings)
     suite = None
     if settings.confirm_suite is not None:
         from matlab.harness.hub_data import require_datasets
@@ -121,42 +134,83 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
 
         suite = load_suite(settings.confirm_suite)
         require_datasets(suite)
+    if settings.out.exists() and not settings.out.is_dir():
+        raise SearchError(f"--out {settings.out}: exists and is not a directory; choose another --out")
+    # One search at a time in a directory: a second one would evaluate every candidate again.
+    with run_directory_lock(settings.out) as lock:
+        result = _search_locked(settings, directory, facts, progress)
+        result.warnings[:0] = [lock.took_over] if lock.took_over else []
+        if suite is not None:  # after the search's workers are gone: the sweep starts its own
+            from matlab.harness.sweep import SweepSettings, run_sweep
+
+            frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
+            run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
+                      SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
+                      progress=progress, pool=settings.pool)
+            result.confirm = settings.out / CONFIRM_DIR
+    return result
+
+
+def _search_locked(settings: SearchSettings, directory: Path, facts, progress: Progress) -> SearchResult:
+    texts, calibration_source = _calibration_texts(settings)
+    # The calibration is read (as far as it is used) before the model is loaded: its digest is
+    # part of the search's identity, checked before anything is written.
+    calibration = make_calibration(load_tokenizer(directory), texts, calibration_source, settings.window,
+                                   settings.calibration_tokens)
     budget = Budget(settings.max_params, settings.max_bytes)
     arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
     # What makes two searches the same search: everything but where it writes, how far it goes
-    # and what confirms it afterwards; the checkpoint and calibration by content.
+    # and what confirms it afterwards; the checkpoint by content, the calibration by the text it used.
     identity = {**{key: value for key, value in arguments.items() if key not in _NOT_IDENTITY},
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
-                "calibration_sha256": texts_digest(texts)}
+                "calibration_sha256": calibration.texts_sha256}
+    identity = _resumed_identity(settings, identity)
     check_directory(settings.out, identity)
     pool = _start_pool(settings)
     try:
-        result = _search(settings, directory, facts, texts, calibration_source, identity, arguments, budget, pool,
-                         progress)
+        return _search(settings, directory, facts, calibration, identity, arguments, budget, pool, progress)
     finally:
         if pool is not None:
             pool.close()
-    if suite is not None:  # after the search's workers are gone: the sweep starts its own
-        from matlab.harness.sweep import SweepSettings, run_sweep
 
-        frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
-        run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
-                  SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
-                  progress=progress, pool=settings.pool)
-        result.confirm = settings.out / CONFIRM_DIR
-    return result
+
+def _resumed_identity(settings: SearchSettings, identity: dict[str, Any]) -> dict[str, Any]:
+    """`identity`, or the one recorded in `settings.out` by an earlier version for this same
+    search: its calibration_sha256 covered the whole calibration source, not the text used.
+    Such a search (alike in all else, its source unchanged) is resumed under its record."""
+    previous = recorded_identity(settings.out)
+    if previous is None or changed_keys(previous, identity) != ["calibration_sha256"]:
+        return identity
+    try:
+        whole = texts_digest(_calibration_texts(settings)[0])  # read through once, a piece at a time
+    except InputError:  # unreadable past what the search uses: not the source that search read
+        return identity
+    return {**identity, "calibration_sha256": whole} if whole == previous["calibration_sha256"] else identity
 
 
 def _start_pool(settings: SearchSettings):
     if settings.pool is None:
         return None
-    from matlab.distributed.pool import WorkerPool
+    load = functools.partial(load_model, settings.checkpoint, device=settings.device, dtype=settings.dtype)
+    return WorkerPool(load, settings.device, settings.pool)
 
-    return WorkerPool(settings.checkpoint, settings.device, settings.dtype, settings.pool)
+
+# The search's tasks on a Ray worker (`matlab.distributed`), whose state holds the loaded model.
+def reference_on_worker(state: dict, payload: dict):
+    return reference_distributions(state["loaded"].model, payload["calibration"], payload["top_k"])
 
 
-def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], calibration_source: str,
-            identity: dict, arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
+def setup_on_worker(state: dict, payload: dict) -> None:
+    state["search"] = payload
+
+
+def candidate_on_worker(state: dict, config) -> tuple[float, float, float]:
+    plan = SlicePlan.build(config, state["loaded"].facts, config.name)
+    return measure_candidate(state["loaded"].model, plan, state["search"]["calibration"], state["search"]["reference"])
+
+
+def _search(settings: SearchSettings, directory: Path, facts, calibration: Calibration, identity: dict,
+            arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
     # With workers, this process needs the model's shapes only (costs); the workers run it.
     loaded = load_shapes(directory, settings.dtype) if pool else \
         load_model(directory, device=settings.device, dtype=settings.dtype)
@@ -168,17 +222,14 @@ def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], 
         raise InputError(f"the budget is below the smallest valid submodel ({_format_count(smallest.effective_params)} "
                          f"effective parameters, {smallest.weight_bytes:,} weight bytes at {settings.dtype}); "
                          "raise --max-params/--max-bytes")
-    calibration = make_calibration(loaded.tokenizer, texts, calibration_source, settings.window,
-                                   settings.calibration_tokens)
-
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
     reference = None
     if settings.objective == "kl":
-        reference = pool.call("reference", {"calibration": calibration, "top_k": settings.top_k}) if pool else \
+        reference = pool.call(reference_on_worker, {"calibration": calibration, "top_k": settings.top_k}) if pool else \
             reference_distributions(loaded.model, calibration, settings.top_k)
     if pool:
-        pool.setup("search_setup", {"calibration": calibration, "reference": reference})
+        pool.setup(setup_on_worker, {"calibration": calibration, "reference": reference})
     reference_seconds = time.perf_counter() - started
     progress.start(settings.max_evals, description="search")
     timing = {"new": 0, "build": 0.0, "evaluate": 0.0, "wall": 0.0}
@@ -206,7 +257,7 @@ def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], 
 
         batch_started = time.perf_counter()
         if pool:
-            pool.map("search_candidate", [candidate.config() for candidate in todo], on_result=record)
+            pool.map(candidate_on_worker, [candidate.config() for candidate in todo], on_result=record)
         else:
             for index, candidate in enumerate(todo):
                 record(index, measure_candidate(loaded.model, space.text_plan(candidate.config()), calibration,
@@ -225,7 +276,7 @@ def _search(settings: SearchSettings, directory: Path, facts, texts: list[str], 
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started)
-    return SearchResult(settings.out, summary, space.width_warnings())
+    return SearchResult(settings.out, summary, journal.warnings + space.width_warnings())
 
 
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
