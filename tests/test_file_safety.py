@@ -237,9 +237,10 @@ def test_force_replaces_only_an_output_of_this_tool(checkpoint, config_file, tmp
     home = tmp_path / "home"
     home.mkdir()
     _write(home / "thesis.tex", "years of work")
+    _write(home / "config.json", "{}")  # a common name: not enough to call it ours
     result = _slice(checkpoint, config_file, home, "--force")
-    assert result.exit_code == 2 and "holds no checkpoint, report or run" in result.output
-    assert (home / "thesis.tex").read_text() == "years of work"
+    assert result.exit_code == 2 and "was not written by MatFormer Lab" in result.output
+    assert (home / "thesis.tex").read_text() == "years of work" and (home / "config.json").is_file()
 
 
 def test_force_replace_is_atomic_and_leaves_nothing_beside(checkpoint, config_file, tmp_path):
@@ -299,19 +300,68 @@ def _dead_pid() -> int:
         pid += 1
 
 
+def _aged(path: Path) -> Path:
+    """Older than a run's first moments (a fresh staging folder may not be flocked yet)."""
+    old = os.stat(path).st_mtime - 3600
+    os.utime(path, (old, old))
+    return path
+
+
 def test_leftovers_of_killed_runs_are_removed_and_live_ones_kept(checkpoint, config_file, tmp_path):
     out = tmp_path / "out"
     host = staging._host_tag()
     dead = tmp_path / f".out.tmp-{host}-{_dead_pid()}-x1"
-    live = tmp_path / f".out.tmp-{host}-{os.getpid()}-x2"
+    live = tmp_path / f".out.tmp-{host}-1-x2"  # pid 1 of another PID namespace: its flock says it works
     older = tmp_path / ".out.tmp-k2j3h4g5"  # the naming of earlier versions: owner unknown
     for leftover in (dead, live, older):
         leftover.mkdir()
         _write(leftover / "model-00001-of-00002.safetensors", "half")
-    result = _slice(checkpoint, config_file, out)
+        _aged(leftover)
+    holder = staging._hold(live)
+    try:
+        result = _slice(checkpoint, config_file, out)
+    finally:
+        os.close(holder)
     assert result.exit_code == 0, result.output
     assert not dead.exists() and live.exists() and older.exists()
     assert "warning:" in result.output and older.name in result.output and "killed" in result.output
+
+
+def test_old_output_moved_aside_by_a_killed_replace_is_restored(checkpoint, config_file, tmp_path):
+    out = tmp_path / "out"
+    assert _slice(checkpoint, config_file, out).exit_code == 0
+    before = tree_digest(out)
+    aside = tmp_path / f".out.old-{staging._host_tag()}-{_dead_pid()}-x3"
+    aside.mkdir()
+    os.rename(out, aside / "out")  # killed between the two renames of a replace
+    _aged(aside)
+    result = _slice(checkpoint, config_file, out)  # no --force: the restored output is refused, not replaced
+    assert result.exit_code == 2 and "restored the previous output" in result.output
+    assert tree_digest(out) == before and siblings(out) == []
+
+
+def test_outputs_named_with_glob_characters_find_their_leftovers(checkpoint, config_file, tmp_path):
+    out = tmp_path / "run[1]"
+    dead = _aged_dir(tmp_path / f".run[1].tmp-{staging._host_tag()}-{_dead_pid()}-x4")
+    other = _aged_dir(tmp_path / f".run1.tmp-{staging._host_tag()}-{_dead_pid()}-x5")  # another output's
+    result = _slice(checkpoint, config_file, out)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert not dead.exists() and other.exists()
+
+
+def _aged_dir(path: Path) -> Path:
+    path.mkdir()
+    return _aged(path)
+
+
+def test_force_through_a_link_leaves_no_link_behind(checkpoint, config_file, tmp_path):
+    real = tmp_path / "real"
+    assert _slice(checkpoint, config_file, real).exit_code == 0
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert _slice(checkpoint, config_file, link, "--force").exit_code == 0
+    assert link.is_dir() and not link.is_symlink() and (link / INDEX_NAME).is_file()
+    assert siblings(link) == [] and (real / INDEX_NAME).is_file()  # the link's target is left as it was
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])

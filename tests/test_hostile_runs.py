@@ -24,7 +24,6 @@ from matlab.harness.report import ReportError, build_report
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
-from matlab.io import lock as lock_module
 from matlab.io.lock import LOCK_FILE, run_directory_lock
 from matlab.resolve import resolve_checkpoint
 from matlab.search.objective import PIECE_CHARS, make_calibration, read_calibration, texts_digest
@@ -188,6 +187,66 @@ def test_rows_without_the_fields_the_report_draws(run_copy, tmp_path):
     results.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "ffn_widths"}) + "\n" for row in rows))
     with pytest.raises(ReportError, match="results.jsonl: rows without ffn_widths, which the report draws"):
         build_report(run_copy, tmp_path / "report")
+
+
+def _set_field(path: Path, number: int, name: str, value) -> None:
+    """Give row `number` of a results.jsonl (or config file's rows) `value` for field `name`."""
+    if path.suffix == ".jsonl":
+        lines = path.read_text().splitlines(keepends=True)
+        lines[number - 1] = json.dumps({**json.loads(lines[number - 1]), name: value}) + "\n"
+        path.write_text("".join(lines))
+    else:
+        rows = json.loads(path.read_text())
+        rows[number - 1][name] = value
+        path.write_text(json.dumps(rows))
+
+
+WRONG_FIELDS = [
+    ("value", "abc", "has a string for 'value', not a number"),
+    ("value", None, "has null for 'value', not a number"),
+    ("value", True, "has true for 'value', not a number"),
+    ("task", 3, "has a number for 'task', not a string"),
+    ("config", ["full"], "has a list for 'config', not a string"),
+    ("effective_params", 1.5, "has 1.5 for 'effective_params', not an integer"),
+    ("weight_bytes", False, "has false for 'weight_bytes', not an integer"),
+    ("effective_params", 10 ** 30, "has a number too large for 'effective_params' (past 64 bits)"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", WRONG_FIELDS)
+def test_results_fields_of_the_wrong_kind_are_refused_by_the_report(run_copy, tmp_path, name, value, message):
+    """A field the report computes with holding anything else is one line naming it, not a
+    pandas or Pareto traceback ("could not convert string to float")."""
+    results = run_copy / "results.jsonl"
+    _set_field(results, 2, name, value)
+    before = _snapshot(run_copy)
+    with pytest.raises(InputError, match="delete it and run the sweep again with --out"):
+        read_results(run_copy)
+    result = runner.invoke(app, ["report", str(run_copy), "--out", str(tmp_path / "report")])
+    _one_line_failure(result, f"{results}: line 2 {message} (not a result row); it is rebuilt from")
+    assert not (tmp_path / "report").exists() and _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("name, value, message", WRONG_FIELDS[:4])
+def test_config_rows_of_the_wrong_kind_are_refused_on_resume(tiny_text, suite_file, config_dir, run_copy, name, value,
+                                                             message):
+    config = _a_config(run_copy)
+    _set_field(config, 1, name, value)
+    before = _snapshot(run_copy)
+    result = runner.invoke(app, _sweep_command(tiny_text, config_dir, suite_file, run_copy))
+    _one_line_failure(result, f"{config}: row 1 {message} (not a result row); delete it to re-run that config")
+    assert _snapshot(run_copy) == before
+
+
+def test_what_the_sweep_writes_is_read_back(run_copy, tmp_path):
+    """A metric lm-eval gave as NaN is written as NaN (and a stderr it did not give as null):
+    the report reads both, and leaves the NaN point off the frontier."""
+    results = run_copy / "results.jsonl"
+    _set_field(results, 1, "value", float("nan"))
+    _set_field(results, 1, "stderr", None)
+    assert "NaN" in results.read_text().splitlines()[0]
+    assert read_results(run_copy)["value"].isna().sum() == 1
+    build_report(run_copy, tmp_path / "report")
 
 
 # -- searches ------------------------------------------------------------------------------------
@@ -440,6 +499,22 @@ def test_a_bad_line_past_the_tokens_used_is_never_read(tiny_text, tmp_path):
     assert calibration.tokens == 64
 
 
+def test_a_lone_surrogate_in_a_calibration_text_is_one_line(tiny_text, tmp_path):
+    """`"\\ud800"` is valid JSON but no character: it cannot be hashed or tokenized as UTF-8."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "hello \\ud800"}\n')
+    message = f"--calibration {path}: line 2 has \\ud800 in 'text', half of a surrogate pair and not UTF-8 text"
+    with pytest.raises(InputError) as caught:
+        make_calibration(load_tokenizer(tiny_text), read_calibration(path), str(path), 32, 4096)
+    assert str(caught.value).startswith(message)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "nano", "--out", str(out), *SEARCH_ARGS, "--calibration", str(path)])
+    _one_line_failure(result, message)
+    assert not out.exists()
+    path.write_text('{"text": "hello \\ud83d\\ude00 and more text"}\n')  # a pair: one character, read
+    assert make_calibration(load_tokenizer(tiny_text), read_calibration(path), str(path), 8, 8).tokens > 0
+
+
 # -- the run directory's lock ----------------------------------------------------------------------
 
 HOLDER = ("import sys\nfrom pathlib import Path\nfrom matlab.io.lock import run_directory_lock\n"
@@ -540,10 +615,31 @@ def test_lock_owners_that_are_gone_and_those_that_may_not_be(tmp_path, monkeypat
     with elsewhere, run_directory_lock(directory):
         pass
     (directory / LOCK_FILE).write_text("")  # its owner killed between creating it and writing its pid
-    monkeypatch.setattr(lock_module, "UNREADABLE_GRACE_S", 0.1)
     with run_directory_lock(directory) as held:
         assert "took over an unreadable lock" in held.took_over
     assert sorted(path.name for path in directory.iterdir()) == []
+
+
+LYING_HOLDER = HOLDER.replace("print('held'", "Path(sys.argv[1], '.lock').write_text(sys.argv[2])\n    print('held'")
+
+
+def test_a_held_lock_is_refused_whatever_pid_its_record_names(tmp_path):
+    """Liveness is the kernel's lock, not the pid: a run in another PID namespace (a container on
+    the same host) records a pid that means nothing here, or one that looks dead."""
+    directory = tmp_path / "run"
+    record = json.dumps({"program": "matformer", "pid": _reaped_pid(), "host": socket.gethostname()})
+    process = subprocess.Popen([sys.executable, "-c", LYING_HOLDER, str(directory), record], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="is in use by matformer"), run_directory_lock(directory):
+            pass
+        assert (directory / LOCK_FILE).read_text() == record  # the holder's record is left alone
+    finally:
+        process.kill()  # no way out through its own clean-up: the kernel releases the lock
+        process.wait(timeout=60)
+    with run_directory_lock(directory) as held:
+        assert "took over the lock of a run that was killed" in held.took_over
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
@@ -557,3 +653,40 @@ def test_the_lock_goes_with_its_run_however_it_ends(tmp_path, interruption):
     with run_directory_lock(tmp_path / "kept"):
         (tmp_path / "kept" / "result.json").write_text("{}")
     assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["result.json"]
+
+
+# -- outputs that overlap inputs -----------------------------------------------------------------
+
+def test_a_report_never_replaces_the_run_it_reads(run_copy):
+    before = _snapshot(run_copy)
+    for out in (run_copy, run_copy.parent, run_copy / "report"):
+        result = runner.invoke(app, ["report", str(run_copy), "--out", str(out), "--force"])
+        _one_line_failure(result, "input")
+        assert _snapshot(run_copy) == before
+
+
+def test_a_sweep_run_directory_may_not_be_or_lie_inside_its_checkpoint(tiny_text, suite_file, config_dir, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_text, checkpoint)
+    before = _snapshot(checkpoint)
+    for out in (checkpoint, checkpoint / "run"):
+        result = runner.invoke(app, _sweep_command(checkpoint, config_dir, suite_file, out))
+        _one_line_failure(result, f"--out {out} ")
+    assert _snapshot(checkpoint) == before
+
+
+def test_a_sweep_may_run_in_the_folder_that_holds_its_configs(tiny_text, suite_file, tmp_path):
+    """A run is added to, never replaced: a folder that holds its inputs is fine."""
+    (tmp_path / "half.yaml").write_text("name: half\nlayers_skipped: [10, 11, 12, 13, 14]\nffn_widths: 128\n")
+    result = runner.invoke(app, ["sweep", str(tiny_text), "--configs", str(tmp_path / "half.yaml"), "--suite",
+                                 str(suite_file), "--out", str(tmp_path), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "half.yaml").is_file() and (tmp_path / "results.jsonl").is_file()
+
+
+def test_validate_reads_a_checkpoint_of_config_json_alone(tiny_text, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    shutil.copy(tiny_text / "config.json", tmp_path / "ckpt" / "config.json")
+    (tmp_path / "c.yaml").write_text("name: half\nffn_widths: 128\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "c.yaml"), "--checkpoint", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output

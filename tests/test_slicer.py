@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from matlab.errors import CheckpointError, OutputExistsError, SliceConfigError
+from matlab.io.staging import OUTPUT_MARKER
 from matlab.model_card import PROVENANCE_NAME
 from matlab.slice_config import SliceConfig
 from matlab.slicer import slice_checkpoint
@@ -123,10 +124,10 @@ def test_refuses_non_empty_output_without_force(tiny_text, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    (out / "config.json").write_text("{}")  # an earlier output: --force replaces only those
+    (out / OUTPUT_MARKER).write_text("{}")  # an earlier output: --force replaces only those
     with pytest.raises(OutputExistsError, match="not empty; pass --force"):
         slice_checkpoint(tiny_text, SliceConfig(name="x", ffn_widths=128), out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "keep.txt"]
     slice_checkpoint(tiny_text, SliceConfig(name="x", ffn_widths=128), out, force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -54,11 +54,11 @@ def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YA
     """Check slice configs against an architecture (and a runtime's assumptions); report every
     problem, exit 1 if any is an error. With --checkpoint, its weights' headers are checked too."""
     from matlab.config_files import check_config_files
-    from matlab.io.reader import CheckpointFiles
+    from matlab.io.reader import CheckpointFiles, has_weights
 
     with reported_errors():
         facts, directory = facts_of(checkpoint, arch)
-        if directory is not None:
+        if directory is not None and has_weights(directory):  # a config.json alone is checked as a config
             CheckpointFiles(directory)
         report = check_config_files(configs, facts, runtime)
     failed = 0

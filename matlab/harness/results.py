@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from matlab.errors import InputError
+from matlab.errors import InputError, shown_value
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -30,6 +30,12 @@ TIMING_FIELDS = ("seconds", "prefill_tokens_per_s", "prefill_tokens_per_s_min", 
                  "latency_measured_on")
 # Fields every result row has; the sweep and the report read them.
 ROW_FIELDS = ("config", "submodel_id", "task", "metric", "value")
+# What each field the report computes with must hold: checked in every row that has it, so a
+# damaged file is refused naming the field, not read into pandas and failing in a plot.
+FIELD_KINDS = {"config": "string", "submodel_id": "string", "task": "string", "metric": "string",
+               "value": "number", "effective_params": "integer", "weight_bytes": "integer"}
+# pandas reads JSON integers as 64-bit ("Value is too big!" past that).
+_INT64 = (-(1 << 63), 1 << 63)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -72,12 +78,33 @@ def json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
-def _missing_fields(row: Any, fields: tuple[str, ...]) -> str | None:
-    """What keeps `row` from being a result row, or None."""
+def _wrong_kind(name: str, value: Any, kind: str) -> str | None:
+    """Why `value` cannot be field `name` of a row that must hold a `kind`, or None."""
+    if kind == "string":
+        if isinstance(value, str):
+            return None
+    elif isinstance(value, float) and kind == "number":  # NaN included: a metric lm-eval gave as NaN is written so
+        return None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if _INT64[0] <= value < _INT64[1]:
+            return None
+        return f"has a number too large for {name!r} (past 64 bits)"
+    what = shown_value(value) if isinstance(value, float) else json_kind(value)
+    return f"has {what} for {name!r}, not {'an' if kind == 'integer' else 'a'} {kind}"
+
+
+def _row_problem(row: Any, fields: tuple[str, ...]) -> str | None:
+    """What keeps `row` from being a result row ("is ..." or "has ..."), or None."""
     if not isinstance(row, dict):
-        return f"{json_kind(row)}, not an object"
+        return f"is {json_kind(row)}, not an object"
     missing = [name for name in fields if name not in row]
-    return f"missing {', '.join(repr(name) for name in missing)}" if missing else None
+    if missing:
+        return f"is missing {', '.join(repr(name) for name in missing)}"
+    for name, kind in FIELD_KINDS.items():
+        problem = _wrong_kind(name, row[name], kind) if name in row else None
+        if problem:
+            return problem
+    return None
 
 
 def config_result_path(run_dir: Path, key: str) -> Path:
@@ -105,9 +132,9 @@ def _rows_of(path: Path) -> list[dict[str, Any]]:
         what = "an empty list" if rows == [] else json_kind(rows)
         raise InputError(f"{path}: {what}, not the result rows of a config; {fix}")
     for number, row in enumerate(rows, 1):
-        problem = _missing_fields(row, ROW_FIELDS)
+        problem = _row_problem(row, ROW_FIELDS)
         if problem:
-            raise InputError(f"{path}: row {number} is {problem} (not a result row); {fix}")
+            raise InputError(f"{path}: row {number} {problem} (not a result row); {fix}")
     return rows
 
 
@@ -135,7 +162,8 @@ def record_config(run_dir: Path, key: str, rows: list[dict[str, Any]]) -> None:
 
 
 def check_results_lines(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> None:
-    """Refuse a results.jsonl with a line that is not a result row, naming the file and the line."""
+    """Refuse a results.jsonl with a line that is not a result row (a field missing, or holding
+    what the report cannot compute with), naming the file, the line and the field."""
     fix = f"it is rebuilt from {path.parent / CONFIGS_DIR}: delete it and run the sweep again with --out {path.parent}"
     try:
         with path.open("rb") as stream:
@@ -154,9 +182,9 @@ def check_results_lines(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> Non
                                      f"{fix}") from None
                 except (ValueError, RecursionError):
                     raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
-                problem = _missing_fields(row, fields)
+                problem = _row_problem(row, fields)
                 if problem:
-                    raise InputError(f"{path}: line {number} is {problem} (not a result row); {fix}")
+                    raise InputError(f"{path}: line {number} {problem} (not a result row); {fix}")
     except OSError as error:
         raise InputError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
 

@@ -203,7 +203,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
     from matlab.resolve import resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
-    check_apart(run_dir, [directory, *config_paths])
+    check_apart(run_dir, [directory, *config_paths], replaces=False)  # a run is added to, never replaced
     facts = facts_from_checkpoint(directory)
     inventory = inventory_from_checkpoint(directory)
     configs = [(path, load_slice_config(path)) for path in config_paths]

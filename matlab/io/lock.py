@@ -1,16 +1,17 @@
 """A run directory's lock: one sweep or search at a time writes into a `--out`.
 
-The lock is a file, `DIR/.lock`, created with O_CREAT | O_EXCL (so that of two processes
-exactly one creates it) and holding its owner's pid, host and process start time. It is
-removed when the run ends, however it ends. A lock whose owner is gone (a killed run: its pid
-no longer runs on this host, or now belongs to another process) is taken over, and the caller
-is told so; a live one is refused with its pid and host. A lock from another host cannot be
-checked and is always refused.
+The lock is `DIR/.lock`, held with `flock`: the kernel releases it when its owner ends, however
+it ends (a kill, a crash), and across PID namespaces (containers sharing a host and a
+filesystem), so a live run is never mistaken for a dead one by its pid. The file holds its
+owner's pid and host for the message a second run gets; a file left by a killed run is not
+locked by anyone and is taken over, and the caller is told whose it was. A record from another
+host is refused: whether its lock reaches here depends on the filesystem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -24,10 +25,6 @@ from matlab.errors import InputError
 
 LOCK_FILE = ".lock"
 PROGRAM = "matformer"
-# A lock that has no owner written into it is being created (its owner writes at once after
-# creating it), or was left by a process killed in between: after this long it is the latter.
-UNREADABLE_GRACE_S = 1.0
-_HELD: set[str] = set()  # lock files this process holds, so that it never takes over its own
 
 
 @dataclass(frozen=True)
@@ -41,20 +38,8 @@ def is_lock_file(name: str) -> bool:
     return name == LOCK_FILE or name.startswith(f"{LOCK_FILE}.")
 
 
-def _process_start(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, from Linux's /proc; None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (name) ", which the name may not break
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
 def _owner_record() -> bytes:
-    start = _process_start(os.getpid())
     return (json.dumps({"program": PROGRAM, "pid": os.getpid(), "host": socket.gethostname(),
-                        "process_start": start[1] if start else None,
                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n").encode()
 
 
@@ -69,93 +54,73 @@ def _owner(content: bytes) -> dict | None:
     return owner
 
 
-def _why_stale(owner: dict, path: Path) -> str | None:
-    """Why the owner of a lock is gone, or None while it may still run."""
-    pid = owner["pid"]
-    if owner["host"] != socket.gethostname():
-        return None
-    if pid == os.getpid():  # a run before this one with the same pid (containers reuse low pids)
-        return None if os.path.abspath(path) in _HELD else "no longer running"
+def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return "no longer running"
-    except PermissionError:  # alive, another user's
-        pass
-    process = _process_start(pid)
-    if process and process[0] == "Z":
-        return "no longer running"
-    if process and owner.get("process_start") not in (None, process[1]):
-        return f"pid {pid} is now another process"
-    return None
-
-
-def _remove_if_unchanged(path: Path, seen: bytes) -> bool:
-    """Remove the lock file if it still holds `seen`. Renamed aside first, so that of two
-    processes taking over the same stale lock only one removes it, never the lock the other
-    has just made."""
-    aside = path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
         return False
-    try:
-        if aside.read_bytes() == seen:
-            return True
-        try:  # another process's fresh lock: put it back
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-        except OSError:  # no hard links on this filesystem
-            os.replace(aside, path)
-        return False
-    finally:
-        aside.unlink(missing_ok=True)
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
-def _acquire(directory: Path, path: Path, record: bytes) -> str | None:
-    """Create the lock file; returns a line saying whose stale lock was taken over, if any."""
-    took_over = None
-    unreadable_since = None
-    for _ in range(100):  # each round either creates the lock, refuses, or removes a stale one
+def _took_over(path: Path, previous: bytes) -> str | None:
+    """What to tell the user about the unlocked lock file a killed run left."""
+    owner = _owner(previous)
+    if owner is None:
+        return f"{path}: took over an unreadable lock (its owner was killed while taking it)"
+    # Nobody holds the lock, so its owner is gone; its pid may have been given to another process since.
+    why = f"pid {owner['pid']} is now another process" if owner["pid"] != os.getpid() and \
+        _pid_exists(owner["pid"]) else "no longer running"
+    return f"{path}: took over the lock of a run that was killed (pid {owner['pid']} on {owner['host']}, {why})"
+
+
+def _in_use(directory: Path, path: Path, content: bytes) -> InputError:
+    owner = _owner(content) or {"pid": "?", "host": "this host"}
+    elsewhere = "" if owner["host"] in (socket.gethostname(), "this host") else \
+        f" (if nothing runs there, delete {path})"
+    return InputError(f"{directory} is in use by {PROGRAM} (pid {owner['pid']} on {owner['host']}); wait for it to "
+                      f"finish, or choose another --out{elsewhere}")
+
+
+def _acquire(directory: Path, path: Path, record: bytes) -> tuple[int, str | None]:
+    """Open and lock the lock file; returns its descriptor and a line saying whose stale lock
+    was taken over, if any. Raises InputError while another run holds it."""
+    for _ in range(100):  # a round fails only when the holder removes the file under us
         try:
-            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            handle, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
         except FileExistsError:
-            pass
-        except FileNotFoundError:  # removed, empty, by a run that has just ended: make it again
+            try:
+                handle, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # removed by its owner on the way out: make it again
+                continue
+        except FileNotFoundError:  # the directory, made empty, was removed by a run that has just ended
             directory.mkdir(parents=True, exist_ok=True)
             continue
-        else:
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(record)
-            except BaseException:  # a full disk: leave no empty lock behind
-                path.unlink(missing_ok=True)
-                raise
-            return took_over
         try:
-            content = path.read_bytes()
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            content = os.pread(handle, 4096, 0)
+            os.close(handle)
+            raise _in_use(directory, path, content) from None
+        try:
+            current = os.stat(path)
         except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != os.fstat(handle).st_ino:  # released and removed meanwhile
+            os.close(handle)
             continue
-        owner = _owner(content)
-        if owner is None:
-            unreadable_since = unreadable_since or time.monotonic()
-            if time.monotonic() - unreadable_since < UNREADABLE_GRACE_S:
-                time.sleep(0.05)
-                continue
-            reason = f"{path}: took over an unreadable lock (its owner was killed while taking it)"
-        else:
-            why = _why_stale(owner, path)
-            if why is None:
-                elsewhere = "" if owner["host"] == socket.gethostname() else \
-                    f" (if nothing runs there, delete {path})"
-                raise InputError(f"{directory} is in use by {PROGRAM} (pid {owner['pid']} on {owner['host']}); wait "
-                                 f"for it to finish, or choose another --out{elsewhere}")
-            reason = f"{path}: took over the lock of a run that was killed (pid {owner['pid']} on " \
-                     f"{owner['host']}, {why})"
-        if _remove_if_unchanged(path, content):
-            took_over = reason
-        unreadable_since = None
+        try:
+            previous = os.pread(handle, 4096, 0)
+            owner = _owner(previous)
+            if owner is not None and owner["host"] != socket.gethostname():
+                raise _in_use(directory, path, previous)
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, record, 0)
+        except BaseException:
+            os.close(handle)
+            raise
+        return handle, None if created else _took_over(path, previous)
     raise InputError(f"{directory}: cannot take its lock {path} (other processes keep replacing it); wait for them "
                      "to finish, or choose another --out")
 
@@ -184,20 +149,19 @@ def run_directory_lock(directory: Path) -> Iterator[RunLock]:
     directory = Path(directory)
     created = _make_directory(directory)
     path = directory / LOCK_FILE
-    record = _owner_record()
     try:
-        took_over = _acquire(directory, path, record)
+        handle, took_over = _acquire(directory, path, _owner_record())
     except BaseException:
         _remove_empty(created)
         raise
-    _HELD.add(os.path.abspath(path))
     try:
         yield RunLock(path, took_over)
     finally:
-        _HELD.discard(os.path.abspath(path))
+        # Removed while still locked, so a run that opens the path afterwards makes a new file;
+        # one that opened the old file meanwhile finds it gone once it gets the lock, and retries.
         with contextlib.suppress(OSError):
-            if path.read_bytes() == record:  # still ours: never remove a lock another run has taken over
-                path.unlink()
+            path.unlink()
+        os.close(handle)
         _remove_empty(created)
 
 

@@ -103,6 +103,11 @@ def _index_weight_map(directory: Path, index_path: Path) -> dict[str, str]:
     return {tensor: _shard_name(directory, index_path, tensor, name) for tensor, name in weight_map.items()}
 
 
+def has_weights(directory: Path) -> bool:
+    """Whether `directory` holds safetensors weights (an index or a single file)."""
+    return (directory / INDEX_NAME).is_file() or (directory / SINGLE_NAME).is_file()
+
+
 def _shard_files(directory: Path) -> tuple[list[Path], dict[str, str] | None]:
     index_path = directory / INDEX_NAME
     if index_path.is_file():

@@ -122,7 +122,14 @@ def _jsonl_texts(stream, path: Path) -> Iterator[str]:
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise InputError(f"--calibration {path}: line {number} has no string field 'text'; write one "
                              '{"text": ...} object per line')
-        yield record["text"]
+        text = record["text"]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate escape: valid JSON, but no character
+            raise InputError(f"--calibration {path}: line {number} has \\u{ord(text[error.start]):04x} in 'text', "
+                             "half of a surrogate pair and not UTF-8 text; write the character itself, or both "
+                             "halves of its pair") from None
+        yield text
 
 
 def read_calibration(path: Path) -> Iterator[CalibrationText]:

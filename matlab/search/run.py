@@ -125,7 +125,7 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
     """Search, write the run directory, and (with `confirm_suite`) confirm the frontier with a sweep."""
     _check_arguments(settings)
     directory = resolve_checkpoint(settings.checkpoint)
-    check_apart(settings.out, [directory, settings.calibration, settings.confirm_suite])
+    check_apart(settings.out, [directory, settings.calibration, settings.confirm_suite], replaces=False)
     facts = facts_from_checkpoint(directory)
     suite = None
     if settings.confirm_suite is not None:
