@@ -43,3 +43,12 @@ def test_progress_written_as_lines_when_stderr_is_not_a_terminal(monkeypatch):
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("sweeping: 1 of 3 done") and lines[-1].startswith("nano-E2B: 3 of 3 done")
     assert "\x1b" not in stream.getvalue()
+
+
+def test_arch_nano_names_the_embedded_model():
+    by_arch = runner.invoke(app, ["params", "--arch", "nano", "--json"])
+    by_checkpoint = runner.invoke(app, ["params", "--checkpoint", "nano", "--json"])
+    assert by_arch.exit_code == 0, by_arch.output
+    import json
+
+    assert json.loads(by_arch.output)["effective_params"] == json.loads(by_checkpoint.output)["effective_params"]

@@ -151,3 +151,12 @@ def test_bos_policy_is_an_option_named_in_errors(tmp_path):
                                       "--json"])
     assert single.exit_code == 0, single.output
     assert '"bos_policy": "single"' in single.stdout
+
+
+def test_lm_evals_own_bars_stay_off_beside_the_workbenchs_display(elastic, tasks, capfd, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # they are off without the variable's help
+    _run(MatformerLM(elastic, batch_size=8), tasks["nano_facts"], limit=4)
+    _run(MatformerLM(elastic, batch_size=8), tasks["nano_heldout"], limit=2)
+    printed = capfd.readouterr()
+    for bar in ("Running loglikelihood requests", "Tokenizing inputs"):
+        assert bar not in printed.err + printed.out

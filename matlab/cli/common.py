@@ -258,10 +258,13 @@ def parse_size_option(text: str, option: str) -> int:
 def facts_of(checkpoint: str | None, arch: str | None):
     """(facts, directory or None) for exactly one of --checkpoint and --arch."""
     from matlab.architecture import facts_from_arch, facts_from_checkpoint
-    from matlab.resolve import resolve_checkpoint
+    from matlab.resolve import EMBEDDED, resolve_checkpoint
 
     if (checkpoint is None) == (arch is None):
         raise usage_error("give exactly one of --checkpoint or --arch")
+    if arch in EMBEDDED:  # `nano` names the embedded model everywhere, --arch included: its architecture
+        directory = resolve_checkpoint(arch)
+        return facts_from_checkpoint(directory), directory
     if arch is not None:
         return facts_from_arch(arch), None
     directory = resolve_checkpoint(checkpoint)

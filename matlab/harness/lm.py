@@ -42,7 +42,19 @@ class MatformerLM(HFLM):
         self.submodel = submodel
         self.bos_policy = check_bos_policy(bos_policy)
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    # Difference 3: lm-eval's own tqdm bars are off by default (lm-eval passes `disable=`
+    # explicitly, so TQDM_DISABLE cannot reach them): the workbench draws one progress display.
+    def loglikelihood(self, requests, disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = True) -> list[str]:
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **options):
+        # HFLM's rolling windows call this with disable_tqdm=False written out.
+        return super()._loglikelihood_tokens(requests, disable_tqdm=True, **options)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = True) -> list[float]:
         if self.bos_policy == "lm-eval":
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         # Difference 2: `single` encodes each text without special tokens (HFLM's own switch,
