@@ -67,11 +67,7 @@ def _cut(text: str, limit: int) -> int:
 
 def text_pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
     """`text` in pieces of at most `limit` characters (one piece if it is no longer)."""
-    while len(text) > limit:
-        cut = _cut(text, limit)
-        yield text[:cut]
-        text = text[cut:]
-    yield text
+    yield from _file_pieces(iter((text,)), limit)
 
 
 def _decoded(stream, path: Path) -> Iterator[str]:
