@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matlab.arith import parse_int_expression, parse_int_list
 from matlab.errors import CsvImportError, OutputExistsError, SliceConfigError, shown_value
+from matlab.io.staging import check_apart
 from matlab.slice_config import Reference, SliceConfig, dump_slice_config, parse_slice_config
 
 COLUMNS = ("name", "# Layers", "# Effective Params (B)", "MMLU PT accuracy", "FFN Hidden Dims", "Layers Skipped")
@@ -142,6 +143,8 @@ def import_official_csv(path: str | Path, out: str | Path, base: str | None = No
     out = Path(out)
     configs = read_official_csv(path, base)
     targets = [out / f"{stem}.yaml" for stem, _ in configs]
+    for target in targets:  # a row's file must never be the CSV it came from
+        check_apart(target, [path], option="--out")
     existing = [target.name for target in targets if target.exists()]
     if existing and not force:
         raise OutputExistsError(f"{out}: {', '.join(existing)} already exist; pass --force to overwrite")

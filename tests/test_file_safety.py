@@ -435,3 +435,39 @@ def test_corrupt_tensor_shapes_against_config_are_one_line_when_loading(checkpoi
 def test_hostname_tag_is_a_plain_name(monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "a.b/c d")
     assert staging._host_tag() == "a-b-c-d"
+
+
+def test_csv_import_never_writes_over_the_csv_it_reads(tmp_path):
+    official = Path(__file__).resolve().parent.parent / "slice_configs" / "gemma-3n-e4b" / "gemma3n-slicing-configs.csv"
+    csv_path = tmp_path / "e2b.yaml"  # named as one of its rows' outputs
+    shutil.copy(official, csv_path)
+    before = csv_path.read_bytes()
+    result = runner.invoke(app, ["configs", "import", str(csv_path), "--out", str(tmp_path), "--force"])
+    assert result.exit_code == 2 and "is or contains the input" in result.output
+    assert csv_path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["e2b.yaml"]
+
+
+def test_disk_full_during_a_sweep_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    from matlab.harness import results
+
+    real = results.write_atomic
+    calls = {"n": 0}
+
+    def full_after_the_first(path, text):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(results, "write_atomic", full_after_the_first)
+    config = Path(__file__).resolve().parent.parent / "slice_configs" / "nano" / "nano-e2b.yaml"
+    suite = _write(tmp_path / "suite.yaml", f"name: tiny\ntask_dirs: [{config.parent.parent.parent / 'evals' / 'nano'}]\n"
+                                            "tasks:\n  - name: nano_facts\n")
+    command = ["sweep", "nano", "--configs", str(config), "--suite", str(suite), "--out", str(tmp_path / "run"),
+               "--limit", "1"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "No space left on device; free some space" in result.output
+    assert not list((tmp_path / "run").glob("configs/.*"))  # no temporary file left in the run
+    monkeypatch.setattr(results, "write_atomic", real)
+    assert runner.invoke(app, command).exit_code == 0  # the run was left resumable
