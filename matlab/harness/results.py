@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,30 +162,44 @@ def record_config(run_dir: Path, key: str, rows: list[dict[str, Any]]) -> None:
     rebuild_results(run_dir)
 
 
+# What `jsonl_values` yields in place of a value for a last line cut short that it drops.
+TORN_LINE = object()
+
+
+def jsonl_values(path: Path, fix: str, drop_torn: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file, read as it goes; a
+    line that is not JSON is an InputError naming the file, the line and `fix`, except, with
+    `drop_torn`, a last line cut short (no newline), yielded as (number, TORN_LINE). OSError
+    passes through, for the caller to say what to do."""
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, 1):
+            if not raw.strip():
+                continue
+            torn = not raw.endswith(b"\n")
+            try:  # without its newline, so that a column counts within the line
+                value = json.loads(raw.removesuffix(b"\n").decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
+            except json.JSONDecodeError as error:
+                if torn and drop_torn:
+                    yield number, TORN_LINE
+                    return
+                raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}"
+                                 f"{', cut short' if torn else ''}); {fix}") from None
+            except (ValueError, RecursionError):  # an integer too long to convert, arrays nested too deep
+                raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
+            yield number, value
+
+
 def check_results_lines(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> None:
     """Refuse a results.jsonl with a line that is not a result row (a field missing, or holding
     what the report cannot compute with), naming the file, the line and the field."""
     fix = f"it is rebuilt from {path.parent / CONFIGS_DIR}: delete it and run the sweep again with --out {path.parent}"
     try:
-        with path.open("rb") as stream:
-            for number, raw in enumerate(stream, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    torn = "" if raw.endswith(b"\n") else ", cut short"
-                    raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}{torn}); "
-                                     f"{fix}") from None
-                except (ValueError, RecursionError):
-                    raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
-                problem = _row_problem(row, fields)
-                if problem:
-                    raise InputError(f"{path}: line {number} {problem} (not a result row); {fix}")
+        for number, row in jsonl_values(path, fix):
+            problem = _row_problem(row, fields)
+            if problem:
+                raise InputError(f"{path}: line {number} {problem} (not a result row); {fix}")
     except OSError as error:
         raise InputError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from matlab import __version__
 from matlab.errors import InputError, MatformerError
-from matlab.harness.results import json_kind, read_json_file, write_atomic
+from matlab.harness.results import TORN_LINE, json_kind, jsonl_values, read_json_file, write_atomic
 from matlab.io.lock import is_lock_file
 from matlab.io.staging import staged_output
 
@@ -94,31 +94,18 @@ def read_journal(path: Path, drop_torn: bool = True) -> tuple[list[dict[str, Any
     and the caller says so. Anything else that is not a record, anywhere, is an InputError
     naming the file and the line."""
     fix = "delete that line to evaluate its candidate again, or choose another --out"
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as error:
-        raise InputError(f"{path}: cannot read it ({error.strerror}); choose another --out") from None
     records, dropped = [], None
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        last = number == len(lines)  # after the final newline: the line was never finished
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
-        except json.JSONDecodeError as error:
-            if last and drop_torn:
+    try:
+        for number, record in jsonl_values(path, fix, drop_torn=drop_torn):
+            if record is TORN_LINE:
                 dropped = f"{path}: dropped its last line ({number}), cut short; that candidate is evaluated again"
                 break
-            torn = ", cut short" if last else ""
-            raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}{torn}); {fix}") from None
-        except (ValueError, RecursionError):
-            raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
-        problem = _record_problem(record)
-        if problem:
-            raise InputError(f"{path}: line {number} is {problem} (not a candidate record); {fix}")
-        records.append(record)
+            problem = _record_problem(record)
+            if problem:
+                raise InputError(f"{path}: line {number} is {problem} (not a candidate record); {fix}")
+            records.append(record)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror}); choose another --out") from None
     return records, dropped
 
 
