@@ -48,6 +48,11 @@ def _staging_prefix(out: Path, kind: str) -> str:
     return f".{out.name}.{kind}-"
 
 
+def _staging_directory(out: Path, kind: str) -> Path:
+    """A new folder beside `out` for a new output (`tmp`) or a replaced one (`old`), named after its owner."""
+    return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out, kind)}{_host_tag()}-{os.getpid()}-", dir=out.parent))
+
+
 def check_apart(out: Path, inputs: Iterable[str | Path | None], option: str = "--out", replaces: bool = True) -> None:
     """Refuse an `out` that is or lies inside any of `inputs` (files or directories) and, where
     `out` is replaced whole (`replaces`), one that contains an input; compared by real path, so
@@ -172,8 +177,7 @@ def _publish(temporary: Path, out: Path) -> None:
     if _exchange(temporary, out):
         _remove_replaced(temporary)  # now holds the old output
         return
-    retired = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out, 'old')}{_host_tag()}-{os.getpid()}-",
-                                    dir=out.parent))
+    retired = _staging_directory(out, "old")
     handle = _hold(retired)  # held: no other run's clean-up touches the old output while it is here
     try:
         os.rename(out, retired / out.name)
@@ -200,8 +204,7 @@ def staged_output(out: Path, force: bool, inputs: Iterable[str | Path | None] = 
     clean_stale_staging(out)
     check_output(out, force, inputs, markers)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out, 'tmp')}{_host_tag()}-{os.getpid()}-",
-                                      dir=out.parent))
+    temporary = _staging_directory(out, "tmp")
     handle = _hold(temporary)
     umask = os.umask(0)
     os.umask(umask)
