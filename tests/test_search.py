@@ -19,6 +19,7 @@ from matlab.architecture import facts_from_checkpoint
 from matlab.cli import app
 from matlab.config_files import check_config_files
 from matlab.core.loading import load_model
+from matlab.errors import InputError
 from matlab.inventory import inventory_from_checkpoint
 from matlab.plan import SlicePlan
 from matlab.resolve import resolve_checkpoint
@@ -114,14 +115,22 @@ def test_killed_search_resumes_without_loss_or_duplicates(searched, tmp_path):
 
 
 def test_runtime_restricts_the_space(tmp_path):
-    result = run_search(_settings(tmp_path / "llama", runtime="llama.cpp", max_params=3_000_000, max_evals=20))
+    result = run_search(_settings(tmp_path / "ollama", runtime="ollama", max_params=3_000_000, max_evals=20))
     facts = facts_from_checkpoint(NANO)
     for entry in result.summary["frontier"]:
         plan = SlicePlan.build(load_slice_config(result.directory / entry["file"]), facts)
-        assert runtime_violations(plan, "llama.cpp") == [] and len(set(plan.ffn_widths)) == 1
-        assert "llama.cpp" in entry["runs_in"]
+        assert runtime_violations(plan, "ollama") == [] and len(set(plan.ffn_widths)) == 1
+        assert "ollama" in entry["expected_in"] and "ollama" not in entry["runs_in"]
     records = [json.loads(line) for line in (result.directory / "candidates.jsonl").read_text().splitlines()]
     assert all(len(set(record["ffn_widths"])) == 1 for record in records)  # not even evaluated otherwise
+    assert any("no conformance run has confirmed that ollama" in warning for warning in result.warnings)
+
+
+def test_a_runtime_no_slice_of_the_base_runs_in_is_refused_up_front(tmp_path):
+    with pytest.raises(InputError, match="--runtime llama.cpp: no slice of .*nano can run there: llama.cpp: "
+                                         "fixed-shape: its Gemma 3n loader fixes the base's shape"):
+        run_search(_settings(tmp_path / "llama", runtime="llama.cpp", max_params=3_000_000, max_evals=20))
+    assert not (tmp_path / "llama").exists()
 
 
 def test_perplexity_objective_and_byte_budget(tmp_path):
@@ -153,7 +162,7 @@ def test_confirm_writes_a_sweep_keyed_like_the_search(tmp_path):
     html = (tmp_path / "overlay" / "index.html").read_text()
     found = [entry["name"] for entry in summary["frontier"]]
     assert html.count("&#9733; found-") == len(found) and "Stars: configs found by `matformer search`" in html
-    assert "transformers, vllm, mlx-lm, mlx-vlm, ollama" in html  # nano-E2B's runtimes
+    assert "transformers, mlx-lm (expected, not measured: ollama)" in html  # nano-E2B's runtimes
     missing = runner.invoke(app, ["report", str(tmp_path / "hand"), "--out", str(tmp_path / "x"), "--search",
                                   str(tmp_path)])
     assert missing.exit_code == 1 and "no search.json" in missing.stderr and not (tmp_path / "x").exists()

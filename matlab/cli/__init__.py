@@ -1,7 +1,7 @@
 """The `matformer` command: each subcommand parses options, calls one library function, prints.
 
 Commands are grouped by pipeline stage, one module each (slicing, running, evaluation,
-search, bench). Heavy imports (torch, transformers, lm_eval) happen inside the commands, so
+search, runtimes, bench). Heavy imports (torch, transformers, lm_eval) happen inside the commands, so
 `--help` stays instant.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from matlab.cli import bench, evaluation, running, search, slicing
+from matlab.cli import bench, evaluation, running, runtimes, search, slicing
 from matlab.cli.common import GuardedGroup, silence_library_bars
 
 app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
@@ -19,6 +19,7 @@ slicing.register(app)
 running.register(app)
 evaluation.register(app)
 search.register(app)
+runtimes.register(app)
 app.add_typer(bench.bench_app, name="bench")
 
 __all__ = ["app"]

@@ -244,10 +244,10 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
                              & (all_rows["metric"] == metric)]
             values.append(published.cell(None if match.empty else float(match["value"].iloc[0]),
                                          _reference(suite_model, task, config)))
-        runtimes = config.get("runs_in")
+        runtimes, expected = config.get("runs_in"), config.get("expected_in")
         values += [f"{config['effective_params']:,}", f"{config['weight_bytes']:,}", _peak_memory(config),
                    _throughput(config, "decode_tokens_per_s"), _throughput(config, "prefill_tokens_per_s"),
-                   ", ".join(runtimes) if isinstance(runtimes, list) else ""]
+                   _runtimes_cell(runtimes, expected)]
         result_rows.append({"config": config["config"], "cells": values, "front": config["submodel_id"] in front_ids,
                             "found": config["submodel_id"] in found_ids})
     configs = [{**row, "widths": ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(row["ffn_widths"])),
@@ -271,7 +271,7 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
         plots=figures, primary=f"{primary_task} {primary_metric}",
         result_columns=[f"{task} {metric}" for task, metric in columns] + [
             "effective params", "weight bytes", "peak memory", "decode tok/s (range)", "prefill tok/s (range)",
-            "runs in"],
+            "runs in (measured; expected)"],
         searched=search_summary is not None,
         result_rows=result_rows, configs=configs, provenance=provenance,
         published_rows=published.comparison(suite_model, {
@@ -282,3 +282,11 @@ def build_report(run_dir: str | Path, out: str | Path, compare: str | Path | Non
     with staged_output(out, force, inputs=(run_dir, compare, search)) as temporary:
         (temporary / REPORT_NAME).write_text(html, encoding="utf-8")
     return out / REPORT_NAME
+
+
+def _runtimes_cell(measured: object, expected: object) -> str:
+    """Measured runtimes, then the ones only expected from source, marked as such."""
+    cell = ", ".join(measured) if isinstance(measured, list) else ""
+    if isinstance(expected, list) and expected:
+        cell += f" (expected, not measured: {', '.join(expected)})"
+    return cell

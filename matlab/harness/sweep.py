@@ -53,7 +53,7 @@ from matlab.io.staging import check_apart
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.runtimes import runs_in
+from matlab.runtimes import expected_in, runs_in
 from matlab.slice_config import SliceConfig, load_slice_config
 from matlab.slicer import slice_checkpoint
 
@@ -134,6 +134,7 @@ def _rows(submodel: Submodel, path: Path, config: SliceConfig, plan: SlicePlan, 
     reference = config.reference
     common = {
         "config": config.name, "config_file": str(path), "submodel_id": plan.submodel_id, "runs_in": runs_in(plan),
+        "expected_in": expected_in(plan),
         "layers_skipped": list(config.layers_skipped), "ffn_widths": list(submodel.plan.ffn_widths),
         "kept_layers": len(submodel.plan.kept_layers),
         "effective_params": accounting.effective_params, "ple_params": accounting.ple_params,

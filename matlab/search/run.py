@@ -22,7 +22,7 @@ from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import EMBEDDED, resolve_checkpoint
-from matlab.runtimes import check_runtime, runs_in
+from matlab.runtimes import check_runtime, expected_in, runs_in, runtimes_line
 from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
 from matlab.search.journal import (
     CONFIRM_DIR,
@@ -276,7 +276,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started)
-    return SearchResult(settings.out, summary, journal.warnings + space.width_warnings())
+    return SearchResult(settings.out, summary, journal.warnings + space.runtime_warnings() + space.width_warnings())
 
 
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
@@ -303,12 +303,12 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
             description=f"Found by matformer search: {settings.objective} {record['value']:.4g} on "
                         f"{calibration.source}, {calibration.tokens} tokens.",
             reference=Reference(source="matformer search", name=record["submodel_id"], measured=measured,
-                                notes=f"runs in {', '.join(runs_in(plan))}; weight bytes at {settings.dtype}"))
+                                notes=f"runs in: {runtimes_line(plan)}; weight bytes at {settings.dtype}"))
         file = f"{rank:02d}-{record['submodel_id']}.yaml"
         files[file] = dump_slice_config(config)
         entries.append({"file": f"{FRONTIER_DIR}/{file}", "name": name, **{k: record[k] for k in (
             "submodel_id", "layers_skipped", "ffn_widths", "effective_params", "weight_bytes", "value")},
-            "runs_in": runs_in(plan)})
+            "runs_in": runs_in(plan), "expected_in": expected_in(plan)})
     journal.write_frontier(files)
     new = max(timing["new"], 1)
     summary = journal.write_summary({

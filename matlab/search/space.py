@@ -1,10 +1,9 @@
 """The search space: genes for skips and widths, decoded into validated, costed candidates.
 
-Genes are chosen so that the space holds what the runtime can load (`matlab.runtimes`):
-layers are skipped in groups (one layer each; whole aligned attention periods of the
-KV-shared region for llama.cpp), layers the runtime cannot lose (KV producers; for llama.cpp
-every layer before the shared region) have no skip gene, and a runtime that builds every
-layer at one width gets one width gene. Every decoded candidate is still checked by the same
+Genes are chosen so that the space holds what the runtime was measured to run
+(`matlab.runtimes`): one skip gene per layer, none for the layers the runtime cannot lose (KV
+producers; for llama.cpp every layer before the shared region), and a runtime that builds
+every layer at one width gets one width gene. Every decoded candidate is still checked by the same
 code as `matformer validate --runtime`, and none that fails is evaluated.
 """
 
@@ -20,7 +19,7 @@ from matlab.core.submodel import deployed_weight_bytes
 from matlab.errors import InputError
 from matlab.inventory import Inventory
 from matlab.plan import SlicePlan
-from matlab.runtimes import RULES, attention_period, runtime_violations
+from matlab.runtimes import RUNTIME_FACTS, has_rule, runtime_violations
 from matlab.slice_config import SliceConfig
 from matlab.validation import check_slice_config
 
@@ -71,7 +70,7 @@ class SearchSpace:
         if self.widths[0] > base or self.widths[-1] <= 0:
             raise InputError(f"--widths: each width must be between 1 and the base width {base}; "
                              f"got {', '.join(map(str, self.widths))}")
-        self.uniform = runtime is not None and any(name == "uniform-width" for name, _ in RULES[runtime])
+        self.uniform = runtime is not None and has_rule(runtime, "uniform-width")
         self.skip_groups = self._skip_groups()
         self.width_groups = ((tuple(range(checkpoint_facts.num_layers)),) if self.uniform
                              else tuple((layer,) for layer in range(checkpoint_facts.num_layers)))
@@ -81,10 +80,8 @@ class SearchSpace:
         facts = self.facts
         fixed = set(facts.kv_producers.values())
         first_shared = facts.kv_consumers[0] if facts.kv_consumers else facts.num_layers
-        if self.runtime == "llama.cpp":
-            period = attention_period(SlicePlan.identity(facts))
-            return tuple(tuple(range(start, min(start + period, facts.num_layers)))
-                         for start in range(first_shared, facts.num_layers, period))
+        if self.runtime is not None and has_rule(self.runtime, "kv-prefix"):
+            fixed |= set(range(first_shared))
         return tuple((layer,) for layer in range(facts.num_layers) if layer not in fixed)
 
     @property
@@ -142,6 +139,14 @@ class SearchSpace:
         if full.problems:
             raise InputError(f"--runtime {self.runtime}: no slice of {self.facts.name} can run there: "
                              f"{full.problems[0]}")
+
+    def runtime_warnings(self) -> list[str]:
+        """A runtime whose "runs" is expected from its source, not measured, says so."""
+        facts = RUNTIME_FACTS.get(self.runtime) if self.runtime else None
+        if facts is None or facts.measured:
+            return []
+        return [f"--runtime {self.runtime}: no conformance run has confirmed that {self.runtime} ({facts.version}) "
+                "computes these slices right; its rules are read from its source (README, Runtimes)"]
 
     def width_warnings(self) -> list[str]:
         """Allowed widths that are no trained granularity of some layer (allowed, as `validate` allows them)."""
