@@ -216,6 +216,24 @@ def _needs_towers_text() -> str:
     return "never adds the per-layer embeddings (it loads, then computes another model)"
 
 
+# Where a slice breaks several rules, the earliest failure is what one sees: a refusal at load
+# time comes before an abort while building the graph, which comes before wrong numbers.
+_FIRST = (REFUSES, CRASHES, ANOTHER_MODEL)
+
+
+def predicted_verdict(plan: SlicePlan, runtime: str, layout: str) -> tuple[str, str]:
+    """What the rules say `runtime` does with this slice written in `layout` ("text-only",
+    "multimodal", "mlx-lm", "gguf"): (verdict, the rule's reason), "runs" if no rule objects."""
+    if runtime == "mlx-lm" and layout != "mlx-lm":
+        return REFUSES, "mlx-lm has no gemma3n_text model (write the slice with `slice --runtime mlx-lm`)"
+    if runtime == "vllm" and layout == "text-only":
+        return ANOTHER_MODEL, f"its text-only Gemma 3n class {_needs_towers_text()}"
+    violations = sorted(runtime_violations(plan, runtime), key=lambda violation: _FIRST.index(violation.outcome))
+    if runtime == "vllm" and layout != "text-only":
+        violations = [violation for violation in violations if violation.rule != "per-layer-embeddings"]
+    return (violations[0].outcome, f"{violations[0].rule}: {violations[0].message}") if violations else ("runs", "")
+
+
 def _passing(plan: SlicePlan, measured: bool) -> list[str]:
     if plan.facts.family.name != "gemma3n":
         return ["transformers"] if measured else []

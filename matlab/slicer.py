@@ -22,6 +22,7 @@ from matlab.inventory import StoredTensor
 from matlab.io.reader import CheckpointFiles, RangeReader, TensorInfo
 from matlab.io.staging import staged_output
 from matlab.io.writer import OutputTensor, ShardedWriter
+from matlab.layouts import consumer_kv_fills, layout_config, target_spec, text_weights_only
 from matlab.model_card import write_card_and_provenance
 from matlab.plan import SlicePlan, TensorSpec
 from matlab.progress import NO_PROGRESS, Progress
@@ -105,15 +106,23 @@ def _sample_rows(rows: int, verify_all: bool, chunk: int) -> list[tuple[int, int
 
 
 def verify_output(directory: Path, work: list[tuple[TensorInfo, TensorSpec]], verify_all: bool = False,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, fills: list[OutputTensor] = ()) -> int:
     """Read the written checkpoint back: every planned tensor is present with its shape and
     dtype and no other is, and its bytes equal the source bytes the plan selects: the first,
     middle and last row of every tensor (1-D and scalar tensors whole), or every byte with
-    `verify_all`. Returns the bytes compared; raises CheckpointError on any difference."""
+    `verify_all`; `fills` (a runtime's zero-filled tensors) must read back as zeros. Returns the
+    bytes compared; raises CheckpointError on any difference."""
     written = CheckpointFiles(directory).tensors
-    if len(written) != len(work):
-        raise CheckpointError(f"read-back check failed: {len(written)} tensors written, {len(work)} planned")
+    if len(written) != len(work) + len(fills):
+        raise CheckpointError(f"read-back check failed: {len(written)} tensors written, "
+                              f"{len(work) + len(fills)} planned")
     compared = 0
+    with RangeReader() as output:
+        for fill in fills:
+            got = written.get(fill.name)
+            if got is None or got.shape != fill.shape or output.read(got.file, got.offset, got.nbytes).any():
+                raise CheckpointError(f"read-back check failed: {fill.name} is not {list(fill.shape)} zeros")
+            compared += got.nbytes
     with RangeReader() as source, RangeReader() as output:
         for info, spec in work:
             got = written.get(spec.target)
@@ -139,20 +148,26 @@ def verify_output(directory: Path, work: list[tuple[TensorInfo, TensorSpec]], ve
 def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *, config_source: str = "config",
                      text_only: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES, command: str | None = None,
-                     verify_all: bool = False, runtime: str | None = None,
+                     verify_all: bool = False, runtime: str | None = None, check_rules: bool = True,
                      progress: Progress = NO_PROGRESS) -> SliceResult:
     """Write the submodel `config` of the checkpoint at `source` to `out`, read it back
     (`verify_output`) and only then make it visible. With `runtime`, the config must satisfy that
-    runtime's rules (`matlab.runtimes`), and the config is written the way it reads it.
-    `progress` counts bytes written."""
+    runtime's rules (`matlab.runtimes`), and the checkpoint is written in the layout it reads
+    (`matlab.layouts`); `check_rules=False` writes the layout only (the conformance matrix
+    measures what a runtime does with slices its rules refuse). `progress` counts bytes written."""
     source, out = Path(source), Path(out)
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
-    require_runtime(plan, runtime, config_source)
-    require_layout(runtime, text_only)
+    if check_rules:
+        require_runtime(plan, runtime, config_source)
+        require_layout(runtime, text_only)
     files = CheckpointFiles(source)
-    work = plan_tensors(files, plan, text_only)
+    work = [(info, target_spec(runtime, plan, spec))
+            for info, spec in plan_tensors(files, plan, text_weights_only(runtime, text_only))]
     outputs = [OutputTensor(spec.target, info.dtype, spec.shape) for info, spec in work]
+    fills = consumer_kv_fills(runtime, plan, text_only, {output.name for output in outputs},
+                              work[0][0].dtype if work else "F32")
+    outputs += fills
     inventory = {name: StoredTensor(info.shape, info.dtype) for name, info in files.tensors.items()}
     params = count_parameters(inventory, facts, plan, text_only=text_only)
 
@@ -162,10 +177,14 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
             progress.start(writer.total_size, description="slicing")
             for info, spec in work:
                 _copy_tensor(info, spec, reader, writer, chunk_bytes, progress)
+            for fill in fills:
+                writer.begin(fill.name)
+                writer.write(bytes(fill.nbytes))
+                progress.advance(fill.nbytes)
             bytes_read = reader.bytes_read
             writer.close()
-        verified = verify_output(temporary, work, verify_all, chunk_bytes)
-        config_json = plan.sliced_config(text_only, scalar_width=runtime == "ollama")
+        verified = verify_output(temporary, work, verify_all, chunk_bytes, fills)
+        config_json = layout_config(plan, text_only, runtime)
         (temporary / "config.json").write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         for name in TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES):
             if (source / name).is_file():

