@@ -226,6 +226,8 @@ def predicted_verdict(plan: SlicePlan, runtime: str, layout: str) -> tuple[str, 
     "multimodal", "mlx-lm", "gguf"): (verdict, the rule's reason), "runs" if no rule objects."""
     if runtime == "mlx-lm" and layout != "mlx-lm":
         return REFUSES, "mlx-lm has no gemma3n_text model (write the slice with `slice --runtime mlx-lm`)"
+    if runtime == "mlx-vlm" and layout != "multimodal":  # measured: KeyError 'vision_tower.timm_model...'
+        return REFUSES, "mlx-vlm loads Gemma 3n only with its vision tower's weights"
     if runtime == "vllm" and layout == "text-only":
         return ANOTHER_MODEL, f"its text-only Gemma 3n class {_needs_towers_text()}"
     violations = sorted(runtime_violations(plan, runtime), key=lambda violation: _FIRST.index(violation.outcome))

@@ -45,7 +45,7 @@ def test_mlx_lm_layout_is_the_multimodal_config_with_text_weights(tiny_multimoda
     assert {name.replace("model.language_model.", "model.", 1): shape for name, shape in names.items()} == plain_names
     # The source stores the consumers' k/v (as the released checkpoints do): copied, not zeros.
     consumer_k = "model.language_model.layers.13.self_attn.k_proj.weight"
-    shard = next(shard for shard in mlx.glob("*.safetensors") if consumer_k in safe_open(shard, "pt").keys())
+    shard = next(shard for shard in mlx.glob("*.safetensors") if consumer_k in safe_open(shard, "pt").keys())  # noqa: SIM118
     with safe_open(shard, "pt") as handle:
         assert handle.get_tensor(consumer_k).abs().sum() > 0
     text_config = Gemma3nTextConfig(**{k: v for k, v in text.items() if k != "model_type"})

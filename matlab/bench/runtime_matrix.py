@@ -105,7 +105,7 @@ def run_matrix(runtimes: tuple[str, ...], nano: Path, kinds: tuple[str, ...] | N
     rows = []
     with tempfile.TemporaryDirectory(prefix="matformer-matrix-") as scratch:
         work = Path(scratch)
-        bases = {E4B_SHAPED: write_runtime_test_model(work / E4B_SHAPED), NANO: nano}
+        bases = {E4B_SHAPED: write_runtime_test_model(work / "bases" / E4B_SHAPED), NANO: nano}
         plan_cases = [(base, kind, case) for base, directory in bases.items()
                       for kind in slice_kinds(facts_from_checkpoint(directory))
                       for case in CASES[base] if case.runtime in runtimes
@@ -113,7 +113,7 @@ def run_matrix(runtimes: tuple[str, ...], nano: Path, kinds: tuple[str, ...] | N
         progress.start(len(plan_cases), description="conformance runs")
         for base, kind, case in plan_cases:
             progress.describe(f"{case.runtime} on {base} {kind.name}")
-            directory = work / base / f"{kind.name}-{case.layout}"
+            directory = work / "slices" / base / f"{kind.name}-{case.layout}"
             facts = facts_from_checkpoint(bases[base])
             if not directory.exists():
                 slice_checkpoint(bases[base], kind.config(), directory, text_only=True,
