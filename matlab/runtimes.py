@@ -26,6 +26,7 @@ RUNTIMES = ("transformers", "vllm", "mlx-lm", "mlx-vlm", "llama.cpp", "ollama")
 SLIDING, FULL = "sliding_attention", "full_attention"
 MATRIX = "reports/runtimes.md; tests/test_runtimes_real.py"
 REFUSES, CRASHES, ANOTHER_MODEL = "refuses to load", "crashes", "computes another model"
+VLLM_TEXT_DEFECT = "never adds the per-layer embeddings (it loads, then computes another model)"
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def _llama_cpp_shape(plan: SlicePlan) -> str | None:
 
 def _needs_towers(plan: SlicePlan) -> str | None:
     if not plan.facts.is_multimodal:
-        return (f"its text-only Gemma 3n class {_needs_towers_text()}: top-1 log-prob off by up to 5.0; only "
+        return (f"its text-only Gemma 3n class {VLLM_TEXT_DEFECT}: top-1 log-prob off by up to 5.0; only "
                 "its multimodal class computes them, and this base has no vision/audio towers")
     return None
 
@@ -208,12 +209,8 @@ def require_layout(runtime: str | None, text_only: bool) -> None:
     """Refuse a layout the runtime was measured to compute wrong (vLLM's text-only class)."""
     if runtime == "vllm" and text_only:
         raise SliceConfigError(f"--runtime vllm with --text-only: vLLM {RUNTIME_FACTS['vllm'].version}'s text-only "
-                               f"Gemma 3n class {_needs_towers_text()} (measured: {MATRIX}); drop --text-only to write "
+                               f"Gemma 3n class {VLLM_TEXT_DEFECT} (measured: {MATRIX}); drop --text-only to write "
                                "the multimodal layout its multimodal class reads")
-
-
-def _needs_towers_text() -> str:
-    return "never adds the per-layer embeddings (it loads, then computes another model)"
 
 
 # Where a slice breaks several rules, the earliest failure is what one sees: a refusal at load
@@ -229,7 +226,7 @@ def predicted_verdict(plan: SlicePlan, runtime: str, layout: str) -> tuple[str, 
     if runtime == "mlx-vlm" and layout != "multimodal":  # measured: KeyError 'vision_tower.timm_model...'
         return REFUSES, "mlx-vlm loads Gemma 3n only with its vision tower's weights"
     if runtime == "vllm" and layout == "text-only":
-        return ANOTHER_MODEL, f"its text-only Gemma 3n class {_needs_towers_text()}"
+        return ANOTHER_MODEL, f"its text-only Gemma 3n class {VLLM_TEXT_DEFECT}"
     violations = sorted(runtime_violations(plan, runtime), key=lambda violation: _FIRST.index(violation.outcome))
     if runtime == "vllm" and layout != "text-only":
         violations = [violation for violation in violations if violation.rule != "per-layer-embeddings"]

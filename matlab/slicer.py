@@ -117,13 +117,12 @@ def verify_output(directory: Path, work: list[tuple[TensorInfo, TensorSpec]], ve
         raise CheckpointError(f"read-back check failed: {len(written)} tensors written, "
                               f"{len(work) + len(fills)} planned")
     compared = 0
-    with RangeReader() as output:
+    with RangeReader() as source, RangeReader() as output:
         for fill in fills:
             got = written.get(fill.name)
             if got is None or got.shape != fill.shape or output.read(got.file, got.offset, got.nbytes).any():
                 raise CheckpointError(f"read-back check failed: {fill.name} is not {list(fill.shape)} zeros")
             compared += got.nbytes
-    with RangeReader() as source, RangeReader() as output:
         for info, spec in work:
             got = written.get(spec.target)
             if got is None or got.shape != spec.shape or got.dtype != info.dtype:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import add_consumer_kv, perturb, tiny_text_config, write_tokenizer_files
+from helpers import add_consumer_kv, perturb, tiny_text_config, tiny_text_model, write_tokenizer_files
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +31,8 @@ def tiny_multimodal(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_text(tmp_path_factory) -> Path:
-    from transformers import Gemma3nForCausalLM
-
     directory = tmp_path_factory.mktemp("tiny-text")
-    torch.manual_seed(2)
-    model = Gemma3nForCausalLM(tiny_text_config())
-    perturb(model, seed=3)
+    model = tiny_text_model(init_seed=2, perturb_seed=3)
     model.save_pretrained(directory, max_shard_size="300KB")
     add_consumer_kv(directory, "model.", model.config)
     write_tokenizer_files(directory)

@@ -23,6 +23,16 @@ def tiny_text_config():
     return Gemma3nTextConfig(**TINY_TEXT)
 
 
+def tiny_text_model(init_seed: int, perturb_seed: int):
+    """A random tiny Gemma3nForCausalLM (init seeded), its weights shaken by `perturb`."""
+    from transformers import Gemma3nForCausalLM
+
+    torch.manual_seed(init_seed)
+    model = Gemma3nForCausalLM(tiny_text_config())
+    perturb(model, seed=perturb_seed)
+    return model
+
+
 def perturb(model: torch.nn.Module, seed: int) -> None:
     """Random init leaves norms at one and AltUp scales at zero; shake every weight."""
     generator = torch.Generator().manual_seed(seed)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from matlab.cli import app
@@ -18,7 +17,7 @@ from matlab.conformance.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, Ru
 from matlab.conformance.envs import INSTALLED, RUNNERS
 from matlab.errors import InputError
 
-from helpers import perturb, tiny_text_config
+from helpers import tiny_text_model
 
 cli = CliRunner()
 TRANSFORMERS_RUNNER = RUNNERS / "transformers_runner.py"
@@ -35,13 +34,8 @@ def _fake(tmp_path: Path, name: str, body: str) -> Runner:
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory) -> Path:
     """Same architecture and vocabulary as tiny_text, other weights: "another model"."""
-    from transformers import Gemma3nForCausalLM
-
     directory = tmp_path_factory.mktemp("other-model")
-    torch.manual_seed(5)
-    model = Gemma3nForCausalLM(tiny_text_config())
-    perturb(model, seed=6)
-    model.save_pretrained(directory)
+    tiny_text_model(init_seed=5, perturb_seed=6).save_pretrained(directory)
     return directory
 
 

@@ -21,9 +21,10 @@ from matlab import __version__
 from matlab.architecture import ArchFacts, facts_from_checkpoint
 from matlab.conformance.conform import Conformance, conform
 from matlab.conformance.testmodel import write_runtime_test_model
+from matlab.harness.results import write_atomic
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.runtimes import FULL, RUNTIME_FACTS, predicted_verdict
+from matlab.runtimes import RUNTIME_FACTS, attention_period, predicted_verdict
 from matlab.slice_config import SliceConfig
 from matlab.slicer import slice_checkpoint
 
@@ -47,8 +48,7 @@ def slice_kinds(facts: ArchFacts) -> list[SliceKind]:
     base = max(facts.ffn_widths)
     half = base // 2
     first_shared = facts.kv_consumers[0]
-    full = [layer for layer, kind in enumerate(facts.layer_types) if kind == FULL]
-    period = full[1] - full[0]
+    period = attention_period(SlicePlan.identity(facts))
     producers = set(facts.kv_producers.values())
     before = max(layer for layer in range(first_shared) if layer not in producers)
     mixed = tuple(base if layer % 2 == 0 else half for layer in range(facts.num_layers))
@@ -169,9 +169,6 @@ def write_matrix(rows: list[MatrixRow], command: str, out: Path) -> Path:
     records = [{"base": row.base, "kind": row.kind.name, "runtime": row.case.runtime, "layout": row.case.layout,
                 "weight_type": row.case.weight_type, "predicted": row.predicted, "reason": row.reason,
                 **row.result.as_dict(), "model": f"{row.base}/{row.kind.name}-{row.case.layout}"} for row in rows]
-    for path, text in ((out, render_matrix(rows, command)),
-                       (out.with_suffix(".json"), json.dumps(records, indent=1) + "\n")):
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
+    write_atomic(out, render_matrix(rows, command))
+    write_atomic(out.with_suffix(".json"), json.dumps(records, indent=1) + "\n")
     return out

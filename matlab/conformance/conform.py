@@ -84,9 +84,10 @@ class Conformance:
         return asdict(self)
 
 
-def sample_tokens(model: Path, count: int, seed: int) -> list[int]:
-    """BOS then `count - 1` ids drawn from the vocabulary the per-layer embeddings cover."""
-    config = _text_config(model)
+def sample_tokens(model: Path, config: dict, count: int, seed: int) -> list[int]:
+    """BOS then `count - 1` ids drawn from the vocabulary the per-layer embeddings cover
+    (`config`: the model's config.json)."""
+    config = _text_part(config)
     vocab = min(int(config.get("vocab_size", 0)), int(config.get("vocab_size_per_layer_input") or 2**31))
     if vocab <= 8:
         raise CheckpointError(f"{model / 'config.json'}: vocab_size {vocab} is too small to sample tokens from")
@@ -96,10 +97,9 @@ def sample_tokens(model: Path, count: int, seed: int) -> list[int]:
     return [first] + [generator.randrange(4, vocab) for _ in range(count - 1)]
 
 
-def stored_type(model: Path) -> str:
-    """The weight type a runtime that keeps the stored dtype computes in."""
-    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    dtype = config.get("dtype") or config.get("torch_dtype") or _text_config(model).get("dtype") or "float32"
+def stored_type(config: dict) -> str:
+    """The weight type a runtime that keeps the stored dtype computes in (`config`: config.json)."""
+    dtype = config.get("dtype") or config.get("torch_dtype") or _text_part(config).get("dtype") or "float32"
     return DTYPE_TYPES.get(str(dtype), "f32")
 
 
@@ -121,9 +121,10 @@ def conform(model: Path, runtime: str, *, weight_type: str | None = None, count:
     elif weight_type is not None:
         raise InputError(f"--type {weight_type}: only llama.cpp takes a weight type; {runtime} runs the "
                          "checkpoint as stored")
-    weight_type = weight_type or stored_type(model)
+    config = _read_config(model)
+    weight_type = weight_type or stored_type(config)
     limit = tolerance if tolerance is not None else TOLERANCE[weight_type]
-    tokens = sample_tokens(model, count, seed)
+    tokens = sample_tokens(model, config, count, seed)
     with tempfile.TemporaryDirectory(prefix="matformer-conform-") as scratch:
         work = Path(scratch)
         target = model
@@ -212,10 +213,17 @@ def _installed_version(runtime: str) -> str:
     return str(record.get(name) or record.get(name.replace("_", "-")) or "?")
 
 
-def _text_config(model: Path) -> dict:
+def _read_config(model: Path) -> dict:
     try:
         config = json.loads((model / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{model / 'config.json'}: cannot be read ({error})") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{model / 'config.json'}: holds no JSON object; pass a directory written by "
+                              "`matformer slice`")
+    return config
+
+
+def _text_part(config: dict) -> dict:
     text = config.get("text_config", config)
     return text if isinstance(text, dict) else config
