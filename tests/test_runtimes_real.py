@@ -1,0 +1,94 @@
+"""Conformance runs in the real runtimes: what each one does with each slice kind must be what
+`matlab/runtimes.py` predicts, and where it runs its log-probs must be transformers'.
+
+Opt in with `-m runtimes` after `matformer runtimes install ...` (`.ci/runtimes` does both);
+the llama.cpp cases are also marked `llama_cpp` (it compiles from source). A runtime that is
+not installed fails here with the command that installs it: asking for these tests is asking
+for that runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matlab.bench.runtime_matrix import E4B_SHAPED, NANO, planned_runs, run_case
+from matlab.conformance.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, conform
+from matlab.conformance.envs import interpreter
+from matlab.resolve import resolve_checkpoint
+from matlab.slice_config import SliceConfig
+from matlab.slicer import slice_checkpoint
+
+pytestmark = pytest.mark.runtimes
+LLAMA_CPP = pytest.mark.llama_cpp
+
+
+@pytest.fixture(scope="module")
+def bases(runtime_model) -> dict[str, Path]:
+    return {E4B_SHAPED: runtime_model, NANO: resolve_checkpoint("nano")}
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runtime-slices")
+
+
+def _rows(runtime: str, bases: dict[str, Path], slices: Path):
+    interpreter(runtime)  # InputError naming `matformer runtimes install RUNTIME` when it is missing
+    runs = planned_runs(bases, (runtime,))
+    assert runs, f"no matrix case for {runtime}"
+    return [run_case(run, bases[run.base], slices) for run in runs]
+
+
+def _check_matrix(rows) -> dict[tuple[str, str, str, str | None], object]:
+    wrong = [f"{row.base} {row.kind.name} {row.case.layout} {row.case.weight_type}: measured "
+             f"{row.result.line()}; predicted {row.predicted} ({row.reason})" for row in rows if not row.agrees]
+    assert not wrong, "rules disagree with the runtime:\n" + "\n".join(wrong)
+    for row in rows:
+        if row.result.verdict == RUNS:  # log-probs within tolerance, and the same next tokens
+            assert row.result.max_abs_diff <= row.result.tolerance
+            assert row.result.top1_agree >= row.result.positions - 1
+    return {(row.base, row.kind.name, row.case.layout, row.case.weight_type): row.result for row in rows}
+
+
+def test_mlx_lm_runs_its_layout_and_refuses_text_only(bases, slices):
+    results = _check_matrix(_rows("mlx-lm", bases, slices))
+    assert results[(E4B_SHAPED, "mixed-widths", "mlx-lm", None)].max_abs_diff < 1e-4  # float32: rounding only
+    assert results[(E4B_SHAPED, "skip-before-shared", "mlx-lm", None)].verdict == RUNS
+    refused = results[(E4B_SHAPED, "unsliced", "text-only", None)]
+    assert refused.verdict == REFUSES and "gemma3n_text" in refused.message
+
+
+def test_vllm_text_only_computes_another_model(bases, slices):
+    results = _check_matrix(_rows("vllm", bases, slices))
+    for (base, kind, _, _), result in results.items():
+        assert result.verdict == ANOTHER_MODEL, (base, kind, result.line())
+        assert result.max_abs_diff > 10 * result.tolerance  # not rounding: the per-layer embeddings are missing
+
+
+def test_mlx_vlm_refuses_slices_without_towers(bases, slices):
+    results = _check_matrix(_rows("mlx-vlm", bases, slices))
+    assert all(result.verdict == REFUSES and "vision_tower" in result.message for result in results.values())
+
+
+@LLAMA_CPP
+def test_llama_cpp_gguf_matches_rules(bases, slices):
+    results = _check_matrix(_rows("llama.cpp", bases, slices))
+    assert results[(E4B_SHAPED, "unaligned-skip", "gguf", "f32")].verdict == RUNS  # no aligned-skips rule
+    crash = results[(E4B_SHAPED, "skip-before-shared", "gguf", "f32")]
+    assert crash.verdict == CRASHES and "GGML_ASSERT" in crash.message
+    assert results[(E4B_SHAPED, "mixed-widths", "gguf", "f32")].verdict == REFUSES
+    assert results[(NANO, "unsliced", "gguf", "f32")].verdict == REFUSES
+    quantized = results[(E4B_SHAPED, "e2b-shaped", "gguf", "q4_k_m")]
+    assert quantized.verdict == RUNS and quantized.max_abs_diff > results[(E4B_SHAPED, "e2b-shaped", "gguf",
+                                                                           "f32")].max_abs_diff
+
+
+@LLAMA_CPP
+def test_slice_runtime_llama_cpp_then_conform_cli_agree(runtime_model, tmp_path):
+    """The user's path: `slice --runtime llama.cpp` writes a slice the rules accept, and it runs."""
+    config = SliceConfig(name="user", layers_skipped=(20, 21, 22, 23, 24), ffn_widths=128)
+    slice_checkpoint(runtime_model, config, tmp_path / "slice", text_only=True, runtime="llama.cpp")
+    result = conform(tmp_path / "slice", "llama.cpp", weight_type="q8_0")
+    assert result.verdict == RUNS, result.line()
