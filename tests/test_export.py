@@ -1,0 +1,116 @@
+"""`matformer export --format gguf` around a fake llama.cpp converter: the file appears whole or
+not at all, never inside the slice, replaces only a GGUF file, and a converter's refusal is one
+line in its own words. (The real converter is exercised under `-m runtimes`.)"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from matlab.cli import app
+from matlab.conformance.envs import INSTALLED, LLAMA_CPP_PYTHON, ROOT_VARIABLE
+
+cli = CliRunner()
+
+# Writes GGUF magic and its arguments to --outfile; refuses a checkpoint whose config says so.
+FAKE_CONVERTER = """\
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+model, out, outtype = Path(args[0]), Path(args[args.index("--outfile") + 1]), args[args.index("--outtype") + 1]
+if json.loads((model / "config.json").read_text()).get("refuse"):
+    print("INFO: loading model", file=sys.stderr)
+    print("NotImplementedError: BPE pre-tokenizer was not recognized", file=sys.stderr)
+    print("done", file=sys.stderr)
+    sys.exit(1)
+out.write_bytes(b"GGUF" + json.dumps({"model": str(model), "type": outtype}).encode())
+"""
+
+
+@pytest.fixture()
+def fake_llama_cpp(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runtimes"
+    environment = root / "llama.cpp"
+    (environment / "venv" / "bin").mkdir(parents=True)
+    (environment / "venv" / "bin" / "python").symlink_to(sys.executable)
+    tree = environment / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
+    tree.mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    (environment / INSTALLED).write_text(json.dumps({"runtime": "llama.cpp", "versions": {}}))
+    monkeypatch.setenv(ROOT_VARIABLE, str(root))
+    return root
+
+
+@pytest.fixture()
+def slice_dir(tmp_path) -> Path:
+    directory = tmp_path / "slice"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "gemma3n_text"}))
+    return directory
+
+
+def _export(*arguments: str):
+    return cli.invoke(app, ["export", *arguments])
+
+
+def test_export_writes_the_converters_file_and_nothing_else(fake_llama_cpp, slice_dir, tmp_path):
+    out = tmp_path / "model.gguf"
+    result = _export(str(slice_dir), "--out", str(out), "--type", "q8_0")
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_bytes()[4:])
+    assert written["type"] == "q8_0" and "model.gguf" not in written["model"]  # converted from the slice
+    assert f"(q8_0, {out.stat().st_size:,} bytes)" in " ".join(result.output.split())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.gguf", "runtimes", "slice"]
+
+
+def test_converter_refusal_is_its_own_line_and_leaves_nothing(fake_llama_cpp, slice_dir, tmp_path):
+    (slice_dir / "config.json").write_text(json.dumps({"model_type": "gemma3n_text", "refuse": True}))
+    result = _export(str(slice_dir), "--out", str(tmp_path / "model.gguf"))
+    assert result.exit_code != 0
+    assert "llama.cpp's converter refused" in result.output
+    assert "NotImplementedError: BPE pre-tokenizer was not recognized" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runtimes", "slice"]
+
+
+def test_out_inside_the_slice_is_refused(fake_llama_cpp, slice_dir):
+    before = sorted(path.name for path in slice_dir.iterdir())
+    result = _export(str(slice_dir), "--out", str(slice_dir / "model.gguf"))
+    assert result.exit_code != 0 and "--out" in result.output
+    assert sorted(path.name for path in slice_dir.iterdir()) == before
+
+
+def test_force_replaces_a_gguf_but_never_another_file(fake_llama_cpp, slice_dir, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused = _export(str(slice_dir), "--out", str(notes), "--force")
+    assert refused.exit_code != 0 and "is not a GGUF file" in refused.output
+    assert notes.read_text() == "mine"
+
+    old = tmp_path / "old.gguf"
+    old.write_bytes(b"GGUF old")
+    kept = _export(str(slice_dir), "--out", str(old))
+    assert kept.exit_code != 0 and "--force" in kept.output and old.read_bytes() == b"GGUF old"
+    replaced = _export(str(slice_dir), "--out", str(old), "--force", "--type", "f32")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(old.read_bytes()[4:])["type"] == "f32"
+
+
+@pytest.mark.parametrize(("arguments", "words"), [
+    (("--type", "q3_xs"), "unknown GGUF weight type"),
+    (("--format", "onnx"), "only gguf can be exported"),
+])
+def test_bad_options_are_one_line(fake_llama_cpp, slice_dir, tmp_path, arguments, words):
+    result = _export(str(slice_dir), "--out", str(tmp_path / "model.gguf"), *arguments)
+    assert result.exit_code != 0 and words in result.output
+    assert not (tmp_path / "model.gguf").exists()
+
+
+def test_missing_llama_cpp_names_the_install_command(tmp_path, slice_dir, monkeypatch):
+    monkeypatch.setenv(ROOT_VARIABLE, str(tmp_path / "empty"))
+    result = _export(str(slice_dir), "--out", str(tmp_path / "model.gguf"))
+    assert result.exit_code != 0 and "matformer runtimes install llama.cpp" in " ".join(result.output.split())
