@@ -74,10 +74,11 @@ class Case:
     kinds: tuple[str, ...] | None = None  # None: every kind
 
 
-# (runtime, layout, weight type, kinds): one quantized llama.cpp type on a few kinds keeps it short.
+# (runtime, layout, weight type, kinds): llama.cpp's quantized types on the kinds it loads.
+LOADED_BY_LLAMA_CPP = ("unsliced", "e2b-shaped", "uniform-half", "unaligned-skip")
 CASES = {
-    E4B_SHAPED: (Case("llama.cpp", "gguf", "f32"), Case("llama.cpp", "gguf", "q8_0", ("unsliced", "e2b-shaped")),
-                 Case("llama.cpp", "gguf", "q4_k_m", ("e2b-shaped",)), Case("vllm", "text-only"),
+    E4B_SHAPED: (Case("llama.cpp", "gguf", "f32"), Case("llama.cpp", "gguf", "q8_0", LOADED_BY_LLAMA_CPP),
+                 Case("llama.cpp", "gguf", "q4_k_m", LOADED_BY_LLAMA_CPP), Case("vllm", "text-only"),
                  Case("mlx-lm", "mlx-lm"), Case("mlx-lm", "text-only", None, ("unsliced",)),
                  Case("mlx-vlm", "mlx-lm", None, ("uniform-half", "mixed-widths"))),
     NANO: (Case("llama.cpp", "gguf", "f32", ("unsliced",)), Case("vllm", "text-only", None, ("unsliced", "e2b-shaped")),
