@@ -46,9 +46,10 @@ def _check_matrix(rows) -> dict[tuple[str, str, str, str | None], object]:
              f"{row.result.line()}; predicted {row.predicted} ({row.reason})" for row in rows if not row.agrees]
     assert not wrong, "rules disagree with the runtime:\n" + "\n".join(wrong)
     for row in rows:
-        if row.result.verdict == RUNS:  # log-probs within tolerance, and the same next tokens
+        if row.result.verdict == RUNS:  # log-probs within tolerance, and nearly always the same next token
             assert row.result.max_abs_diff <= row.result.tolerance
-            assert row.result.top1_agree >= row.result.positions - 1
+            # near-ties flip under quantization (measured: Q8_0 63/64, Q4_K_M 60-61/64)
+            assert row.result.top1_agree >= 0.9 * row.result.positions, row.result.line()
     return {(row.base, row.kind.name, row.case.layout, row.case.weight_type): row.result for row in rows}
 
 
@@ -76,6 +77,8 @@ def test_mlx_vlm_refuses_slices_without_towers(bases, slices):
 def test_llama_cpp_gguf_matches_rules(bases, slices):
     results = _check_matrix(_rows("llama.cpp", bases, slices))
     assert results[(E4B_SHAPED, "unaligned-skip", "gguf", "f32")].verdict == RUNS  # no aligned-skips rule
+    assert all(result.max_abs_diff < 0.01 and result.top1_agree >= result.positions - 1
+               for (_, _, _, weight_type), result in results.items() if weight_type == "f32" and result.runs)
     crash = results[(E4B_SHAPED, "skip-before-shared", "gguf", "f32")]
     assert crash.verdict == CRASHES and "GGML_ASSERT" in crash.message
     assert results[(E4B_SHAPED, "mixed-widths", "gguf", "f32")].verdict == REFUSES
