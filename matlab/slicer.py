@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from matlab.accounting import ParamReport, count_parameters
+from matlab.adapters import AdapterSlice, cut_adapter
 from matlab.architecture import facts_from_checkpoint
-from matlab.errors import CheckpointError
+from matlab.errors import CheckpointError, InputError
 from matlab.inventory import StoredTensor
 from matlab.io.reader import CheckpointFiles, RangeReader, TensorInfo
 from matlab.io.staging import staged_output
@@ -36,6 +37,7 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+ADAPTER_FOLDER = "adapter"
 
 @dataclass(frozen=True)
 class SliceResult:
@@ -48,6 +50,7 @@ class SliceResult:
     shards: int
     bytes_verified: int
     warnings: tuple[Problem, ...]
+    adapter: AdapterSlice | None = None  # the sliced LoRA adapter in out/adapter, if one was given
 
 
 def source_rows(info: TensorInfo, spec: TensorSpec, reader: RangeReader, start: int, stop: int) -> np.ndarray:
@@ -148,18 +151,26 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
                      text_only: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES, command: str | None = None,
                      verify_all: bool = False, runtime: str | None = None, check_rules: bool = True,
-                     progress: Progress = NO_PROGRESS) -> SliceResult:
+                     adapter: str | Path | None = None, progress: Progress = NO_PROGRESS) -> SliceResult:
     """Write the submodel `config` of the checkpoint at `source` to `out`, read it back
     (`verify_output`) and only then make it visible. With `runtime`, the config must satisfy that
     runtime's rules (`matlab.runtimes`), and the checkpoint is written in the layout it reads
     (`matlab.layouts`); `check_rules=False` writes the layout only (the conformance matrix
-    measures what a runtime does with slices its rules refuse). `progress` counts bytes written."""
+    measures what a runtime does with slices its rules refuse). `adapter`, a PEFT LoRA adapter
+    trained on `source`, is cut the same way and written to `out/adapter` (`matlab.adapters`).
+    `progress` counts bytes written."""
     source, out = Path(source), Path(out)
     facts = facts_from_checkpoint(source)
     plan = SlicePlan.build(config, facts, config_source)
     if check_rules:
         require_runtime(plan, runtime, config_source)
         require_layout(runtime, text_only)
+    sliced_adapter = None
+    if adapter is not None:
+        if runtime not in (None, "transformers"):
+            raise InputError(f"--adapter with --runtime {runtime}: adapters are sliced for transformers (and "
+                             "PEFT) only; slice without --runtime, or merge the adapter first")
+        sliced_adapter = cut_adapter(Path(adapter), source, plan, text_only=text_only)
     files = CheckpointFiles(source)
     work = [(info, target_spec(runtime, plan, spec))
             for info, spec in plan_tensors(files, plan, text_weights_only(runtime, text_only))]
@@ -171,7 +182,8 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
     params = count_parameters(inventory, facts, plan, text_only=text_only)
 
     config_file = Path(config_source) if Path(config_source).is_file() else None
-    with staged_output(out, force, inputs=(source, *files.files, config_file)) as temporary:
+    inputs = (source, *files.files, config_file, adapter)
+    with staged_output(out, force, inputs=inputs) as temporary:
         with ShardedWriter(temporary, outputs, max_shard_bytes) as writer, RangeReader() as reader:
             progress.start(writer.total_size, description="slicing")
             for info, spec in work:
@@ -188,7 +200,11 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
         for name in TOKENIZER_FILES + (() if text_only else PROCESSOR_FILES):
             if (source / name).is_file():
                 shutil.copy2(source / name, temporary / name)
+        adapter_slice = None
+        if sliced_adapter is not None:
+            (temporary / ADAPTER_FOLDER).mkdir()
+            adapter_slice = sliced_adapter.write(temporary / ADAPTER_FOLDER, str(out))
         write_card_and_provenance(temporary, plan, params, source=source, config_source=config_source,
                                   text_only=text_only, command=command)
     return SliceResult(out, plan, params, len(outputs), bytes_read, writer.bytes_written, len(writer.shards),
-                       verified, plan.warnings)
+                       verified, plan.warnings, adapter_slice)

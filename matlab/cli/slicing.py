@@ -121,7 +121,11 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
                   verify_all: Annotated[bool, typer.Option(
                       help="Compare every byte of the output with the source before publishing it "
                            "(default: the first, middle and last row of every tensor).")] = False,
-                  runtime: RuntimeOpt = None, force: ForceOpt = False) -> None:
+                  runtime: RuntimeOpt = None,
+                  adapter: Annotated[Optional[Path], typer.Option(
+                      "--adapter", help="A PEFT LoRA adapter trained on CHECKPOINT: cut the same way, written to "
+                                        "OUT/adapter (load it with PeftModel.from_pretrained).")] = None,
+                  force: ForceOpt = False) -> None:
     """Write a sliced checkpoint with bounded memory; the output appears only when complete and read back."""
     from matlab.resolve import resolve_checkpoint
     from matlab.slice_config import load_slice_config
@@ -130,17 +134,21 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
     shard_bytes = parse_size_option(max_shard_size, "--max-shard-size")
     command = shlex.join(["matformer", "slice", checkpoint, "--config", str(config), "--out", str(out),
                           *(["--text-only"] if text_only else []), "--max-shard-size", max_shard_size,
-                          *(["--runtime", runtime] if runtime else [])])
+                          *(["--runtime", runtime] if runtime else []),
+                          *(["--adapter", str(adapter)] if adapter else [])])
     with reported_errors(), RichProgress("bytes") as progress:
         result = slice_checkpoint(
             resolve_checkpoint(checkpoint), load_slice_config(config), out, config_source=str(config),
             text_only=text_only, max_shard_bytes=shard_bytes, force=force, command=command, verify_all=verify_all,
-            runtime=runtime, progress=progress)
+            runtime=runtime, adapter=adapter, progress=progress)
     for warning in result.warnings:
         warn_line(str(warning))
     say(f"wrote {result.out}: {len(result.plan.kept_layers)} layers, {result.tensors_written} tensors in "
         f"{result.shards} shard(s), {result.bytes_written:,} bytes ({result.bytes_verified:,} read back and compared "
         f"with the source); effective parameters {result.params.effective_params:,}")
+    if result.adapter is not None:
+        say(f"wrote {result.out / 'adapter'}: LoRA rank {result.adapter.rank}, {result.adapter.tensors_kept} tensors "
+            f"kept, {result.adapter.tensors_dropped} of skipped layers dropped")
 
 
 def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
