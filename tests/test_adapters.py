@@ -165,3 +165,21 @@ def test_slice_command_writes_model_and_adapter_together(tiny_text, text_adapter
                                             "--runtime", "mlx-lm"])
     assert with_runtime.exit_code != 0 and "adapters are sliced for transformers" in with_runtime.output
     assert not (tmp_path / "out3").exists()
+
+
+def test_elastic_run_with_adapter_equals_sliced_checkpoint_with_sliced_adapter(tiny_multimodal, tmp_path,
+                                                                                sample_ids):
+    from matlab.core.loading import load_model
+    from matlab.core.submodel import select_submodel
+
+    skipped, widths = SLICE_CASES["skip-before-kv-shared"]
+    config = SliceConfig(name="s", layers_skipped=skipped, ffn_widths=widths)
+    adapter = _train_like_adapter(tiny_multimodal, tmp_path / "lora", multimodal=True)
+    slice_checkpoint(tiny_multimodal, config, tmp_path / "sliced", text_only=True, adapter=adapter)
+    deployed = _merged(tmp_path / "sliced", tmp_path / "sliced" / "adapter", multimodal=False)
+    elastic = select_submodel(load_model(tiny_multimodal, adapter=adapter), config).model
+    plain = select_submodel(load_model(tiny_multimodal), config).model
+    with torch.no_grad():
+        expected, got, without = (model(input_ids=sample_ids).logits for model in (deployed, elastic, plain))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (without - expected).abs().max() > 1e-2  # the adapter changed the model

@@ -16,10 +16,12 @@ from safetensors import safe_open
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
+from matlab.adapters import cut_adapter
 from matlab.architecture import ArchFacts, facts_from_checkpoint
 from matlab.dtypes import RUN_DTYPES, torch_dtype
 from matlab.errors import CheckpointError, InputError
 from matlab.io.reader import CheckpointFiles, TensorInfo
+from matlab.plan import SlicePlan
 from matlab.resolve import resolve_checkpoint
 
 
@@ -88,12 +90,14 @@ def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32",
-               ple_on_cpu: bool = False) -> LoadedModel:
+               ple_on_cpu: bool = False, adapter: str | Path | None = None) -> LoadedModel:
     """Load the language model of a checkpoint for text inference.
 
     Args:
         ple_on_cpu: keep `embed_tokens_per_layer` on the CPU (memory-mapped from the file when
             the dtype matches it) with the lookup done per batch, while the rest runs on `device`.
+        adapter: a PEFT LoRA adapter trained on the checkpoint, merged into the weights (so every
+            elastic submodel of the result is the slice of the fine-tuned model).
     """
     directory, facts, run_dtype, model = _unloaded(checkpoint, dtype)
     files = CheckpointFiles(directory)
@@ -112,6 +116,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
                               "config.json come from different models")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
+    if adapter is not None:
+        model = _merged(model, Path(adapter), directory, facts)
     target = torch.device(device)
     if ple_on_cpu and target.type != "cpu":
         owner_name, _, attribute = facts.family.ple_module.rpartition(".")
@@ -126,6 +132,21 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     model.tie_weights()  # moving to the meta device unties them
     model.eval()
     return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
+
+
+def _merged(model: PreTrainedModel, adapter: Path, directory: Path, facts: ArchFacts) -> PreTrainedModel:
+    """`model` with the LoRA adapter merged in by PEFT, the adapter's names first mapped to the
+    text model's (an adapter trained on the multimodal class names `model.language_model.*`)."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    sliced = cut_adapter(adapter, directory, SlicePlan.identity(facts), text_only=True)
+    peft_model = get_peft_model(model, sliced.config)
+    result = set_peft_model_state_dict(peft_model, sliced.tensors)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise InputError(f"--adapter {adapter}: {len(unexpected)} of its tensors fit no module of the model "
+                         f"(first: {unexpected[0]}); an adapter for another base model?")
+    return peft_model.merge_and_unload()
 
 
 def load_shapes(checkpoint: str | Path, dtype: str | torch.dtype = "float32") -> LoadedModel:
