@@ -89,13 +89,18 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory.")],
            out: Annotated[Path, typer.Option("--out", help="Report directory (index.html).")],
-           compare: Annotated[Optional[Path], typer.Option(help="Another run to overlay.")] = None,
+           compare: Annotated[Optional[Path], typer.Option(help="Another run to overlay (the demo's OUT/control).")
+                              ] = None,
            compare_label: Annotated[str, typer.Option(help="Legend label of --compare.")] = "compared run",
            search: Annotated[Optional[Path], typer.Option(
-               help="A `matformer search` directory whose found configs to draw beside the run's "
-                    "(automatic when RUN_DIR is a search's confirm run).")] = None,
+               help="A `matformer search` directory whose found configs to draw beside the run's (the demo's "
+                    "OUT/search; automatic when RUN_DIR is a search's confirm run).")] = None,
            force: ForceOpt = False) -> None:
-    """Write a self-contained HTML report of a sweep (and of a search's results)."""
+    """Write a self-contained HTML report of a sweep (and of a search's results).
+
+    The demo's own report, rebuilt from its --out OUT: matformer report OUT/sweep --out OUT/report
+    --search OUT/search --compare OUT/control --compare-label "control (trained at full size only)" --force
+    """
     from matlab.harness.report import build_report
 
     with reported_errors():
