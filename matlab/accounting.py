@@ -3,6 +3,10 @@
 "Effective parameters" follow Google's definition: language-model parameters excluding the
 embedding tables the family names (Gemma 3n: the token embedding and the per-layer embedding
 table), counting every tensor the checkpoint stores (k/v of KV-consumer layers included).
+
+Bytes are counted twice when the slice config names `weight_formats`: at the checkpoint's
+stored dtypes (`total_bytes`, what `matformer slice` writes) and at those GGUF formats
+(`format_bytes`, the text tensors' data in the GGUF file; `matlab.tensor_formats`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from matlab.architecture import ArchFacts
 from matlab.dtypes import SAFETENSORS_SIZES
 from matlab.inventory import Inventory
 from matlab.plan import SlicePlan
+from matlab.tensor_formats import format_cost
 
 GROUPS = ("embeddings", "ple", "text_other", "audio", "vision", "multimodal_embedders", "other")
 
@@ -33,6 +38,11 @@ class ParamReport:
     total_bytes: int
     text_bytes: int
     dtype: str
+    # At the config's weight_formats (None without them): text tensors' GGUF data bytes, the
+    # formats used, and the tensors stored as F16 because their rows are not whole blocks.
+    format_bytes: int | None = None
+    formats: str | None = None
+    format_fallbacks: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -57,9 +67,11 @@ def count_parameters(inventory: Inventory, facts: ArchFacts, plan: SlicePlan | N
             text_bytes += nbytes
         dtypes.add(stored.dtype)
     text = counts["embeddings"] + counts["ple"] + counts["text_other"]
+    cost = format_cost(plan, inventory)
     return ParamReport(
         effective_params=counts["text_other"], ple_params=counts["ple"], embedding_params=counts["embeddings"],
         text_params=text, audio_params=counts["audio"], vision_params=counts["vision"],
         multimodal_embedder_params=counts["multimodal_embedders"], other_params=counts["other"],
         total_params=sum(counts.values()), total_bytes=total_bytes, text_bytes=text_bytes,
-        dtype="/".join(sorted(dtypes)) or "none")
+        dtype="/".join(sorted(dtypes)) or "none", format_bytes=cost.total_bytes if cost else None,
+        formats=cost.formats if cost else None, format_fallbacks=cost.fallbacks if cost else ())

@@ -52,3 +52,7 @@ class InputError(MatformerError):
 
 class MatformerWarning(UserWarning):
     """Something the user should know that stops no work (shown by the CLI as one yellow line)."""
+
+
+class FormatError(MatformerError, ValueError):
+    """A weight format is unknown, or a tensor's rows are not whole blocks of it."""

@@ -66,11 +66,15 @@ def render_card(plan: SlicePlan, params: ParamReport, source: Path, text_only: b
               f"- layers skipped: {list(config.layers_skipped) or 'none'}",
               f"- KV-shared layers: {plan.num_kv_shared_layers}",
               f"- FFN widths (per kept layer): {list(plan.ffn_widths)}",
+              *([f"- GGUF weight formats (recorded for a GGUF export; the weights here are unchanged): "
+                 f"{_card_text(json.dumps(config.weight_formats.yaml_data()))}"] if config.weight_formats else []),
               f"- runs in: {runtimes_line(plan)} (each in the layout `matformer slice --runtime NAME` writes; "
               "`matformer validate --runtime NAME` explains a missing one, `matformer conform` measures one)", "",
               "| parameters | count |", "|---|---:|"]
     lines += [f"| {label} | {count:,} |" for label, count in _param_rows(params)]
     lines += [f"| bytes on disk ({params.dtype}) | {params.total_bytes:,} |"]
+    if params.format_bytes is not None:  # the config's weight_formats; the checkpoint itself is unchanged
+        lines += [f"| GGUF text tensor bytes ({params.formats}) | {params.format_bytes:,} |"]
     if config.reference and config.reference.effective_params_b is not None:
         lines += ["", f"The config's source states {config.reference.effective_params_b}B effective parameters "
                       f"(exact: {params.effective_params / 1e9:.3f}B)."]

@@ -11,6 +11,8 @@ Example::
 `ffn_widths` lists one width per kept layer; a run of equal widths may be written as
 `{width: W, count: N}`, and a single integer means "this width in every kept layer".
 
+An optional `weight_formats` stores the submodel in GGUF formats (`matlab.weight_formats`).
+
 Whatever a file holds, loading it ends in a SliceConfig or in one SliceConfigError line: the
 file's size, its text, its nesting and the layer counts it asks for are bounded before any
 list is built, and many problems of one kind are reported once, with a count.
@@ -19,57 +21,18 @@ list is built, and many problems of one kind are reported once, with a count.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from numbers import Integral
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from matlab.errors import SliceConfigError, shown_value
 from matlab.runs import width_runs
+from matlab.weight_formats import WeightFormats
+from matlab.yaml_fields import MAX_LAYERS, WholeNumber, collapse, first_few, format_validation_error, whole_number
 
 MAX_FILE_BYTES = 1 << 20  # a slice config is a few hundred bytes; a larger file is not one
-# More layers than any model has; lists and `{width, count}` runs are refused past this before
-# they are expanded (the exact count is checked against the architecture in validation).
-MAX_LAYERS = 100_000
-SHOWN_ITEMS = 5     # of many bad items of one kind, the first few are named
-SHOWN_PROBLEMS = 5  # distinct problems in one message, before "and N more"
-
-
-
-def first_few(items: Sequence[Any], limit: int = SHOWN_ITEMS, separator: str = ", ") -> str:
-    """'35, 36, 37, 38, 39 and 9,995 more' for a long sequence; all items for a short one."""
-    listed = separator.join(str(item) for item in items[:limit])
-    return listed if len(items) <= limit else f"{listed} and {len(items) - limit:,} more"
-
-
-def collapse(problems: Sequence[tuple[str, str]], separator: str = ": ") -> list[str]:
-    """`where: what` lines from (where, what) pairs: one line per distinct `what`, naming the
-    first few places it occurs, and past SHOWN_PROBLEMS lines a count of the rest, so ten
-    thousand bad entries make a short message."""
-    places: dict[str, list[str]] = {}
-    for where, what in problems:
-        places.setdefault(what, []).append(where)
-    lines = [f"{first_few(wheres)}{separator}{what}" for what, wheres in places.items()]
-    if len(lines) > SHOWN_PROBLEMS:
-        rest = sum(len(wheres) for wheres in list(places.values())[SHOWN_PROBLEMS:])
-        lines = [*lines[:SHOWN_PROBLEMS], f"and {rest:,} more problem(s)"]
-    return lines
-
-
-def _whole_number(value: Any) -> int:
-    """An integer field's value: ints, and floats without a fraction (256.0); not booleans,
-    text or fractions, which pydantic's lax mode would coerce or report by type name only."""
-    if isinstance(value, Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise ValueError(f"{shown_value(value)} is not a whole number")
-
-
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class WidthRun(BaseModel):
@@ -102,6 +65,7 @@ class SliceConfig(BaseModel):
     base: str | None = None
     layers_skipped: tuple[WholeNumber, ...] = ()
     ffn_widths: int | tuple[int, ...]
+    weight_formats: WeightFormats | None = None
     reference: Reference | None = None
 
     @field_validator("layers_skipped", mode="before")
@@ -130,7 +94,7 @@ class SliceConfig(BaseModel):
         """Whole numbers only, `{width, count}` runs expanded; the running total is bounded
         before anything is expanded (a count of 10**8 would otherwise build that list)."""
         if not isinstance(value, (list, tuple)):
-            return _whole_number(value)
+            return whole_number(value)
         if len(value) > MAX_LAYERS:
             raise ValueError(f"lists {len(value):,} widths; no model has more than {MAX_LAYERS:,} layers")
         runs: list[tuple[int, int]] = []
@@ -173,7 +137,7 @@ def _width_run(item: Any) -> tuple[int, int]:
     ValueError saying what the entry is otherwise (`entry N <message>`)."""
     if not isinstance(item, dict):
         try:
-            return _whole_number(item), 1
+            return whole_number(item), 1
         except ValueError:
             raise ValueError(f"is {shown_value(item)}, not a whole number") from None
     try:
@@ -181,15 +145,6 @@ def _width_run(item: Any) -> tuple[int, int]:
     except ValidationError as error:
         raise ValueError(f"is not a {{width, count}} run: {format_validation_error(error)[0]}") from None
     return run.width, run.count
-
-
-def format_validation_error(error: ValidationError) -> list[str]:
-    """One line per distinct pydantic problem, `field[.index]: message`, as `collapse` groups them."""
-    problems = []
-    for problem in error.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        problems.append((location, problem["msg"].removeprefix("Value error, ")))
-    return collapse(problems)
 
 
 def parse_slice_config(data: Any, source: str) -> SliceConfig:
@@ -254,6 +209,8 @@ def dump_slice_config(config: SliceConfig) -> str:
         data["base"] = config.base
     data["layers_skipped"] = list(config.layers_skipped)
     data["ffn_widths"] = config.ffn_widths if isinstance(config.ffn_widths, int) else _compact_widths(config.ffn_widths)
+    if config.weight_formats:
+        data["weight_formats"] = config.weight_formats.yaml_data()
     if config.reference:
         data["reference"] = config.reference.model_dump(exclude_none=True)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

@@ -7,8 +7,10 @@ from typing import Literal
 
 from matlab.architecture import ArchFacts, bundled_arch_names, facts_from_arch
 from matlab.errors import SliceConfigError
+from matlab.formats import FLOAT_FORMATS, block_size
 from matlab.runs import layer_spans
-from matlab.slice_config import SHOWN_ITEMS, SliceConfig, first_few
+from matlab.slice_config import SliceConfig
+from matlab.yaml_fields import SHOWN_ITEMS, first_few
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,60 @@ def _check_widths(config: SliceConfig, facts: ArchFacts, source: str) -> list[Pr
     return problems
 
 
+def _check_formats(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
+    """`weight_formats` against the kept layers: one entry per kept layer (list form), no entry
+    for a skipped or missing layer (mapping form), and each FFN width whole blocks of its
+    layer's FFN format where the family cuts a FFN tensor along its rows' blocks (Gemma 3n's
+    down projection, whose rows are the FFN width)."""
+    formats = config.weight_formats
+    if formats is None:
+        return []
+    skipped = set(config.layers_skipped)
+    kept = [layer for layer in range(facts.num_layers) if layer not in skipped]
+    widths = config.widths_for(len(kept))
+    if isinstance(formats.layers, tuple) and len(formats.layers) != len(kept):
+        return [Problem(source, "weight_formats.layers",
+                        f"{len(formats.layers)} entries for {len(kept)} kept layers; give one entry per kept layer, "
+                        "as ffn_widths does, or map layer indexes to entries")]
+    problems = []
+    named = sorted(formats.layers) if isinstance(formats.layers, dict) else []
+    beyond = [layer for layer in named if layer >= facts.num_layers]
+    for found, message in ((beyond, f"out of range; {facts.name} has layers 0..{facts.num_layers - 1}"),
+                           ([layer for layer in named if layer in skipped],
+                            "skipped (layers_skipped), so it stores no weights; remove its entry or keep the layer")):
+        if len(found) > SHOWN_ITEMS:  # one line for ten thousand, not ten thousand lines
+            problems.append(Problem(source, f"weight_formats.layers (layers {first_few(found)})", message))
+        else:
+            problems += [Problem(source, f"weight_formats.layers (layer {layer})",
+                                 message if layer in beyond else f"layer {layer} is {message}") for layer in found]
+    if problems or len(widths) != len(kept) or not any(axis == 1 for axis in facts.family.ffn_cuts.values()):
+        return problems
+    off_block: list[tuple[str, int, str]] = []  # (field, layer, message)
+    for position, (layer, width, layer_formats) in enumerate(zip(kept, widths, formats.for_layers(kept))):
+        block = block_size(layer_formats.ffn)
+        if width % block:
+            off_block.append((_ffn_format_field(config, position, layer), layer,
+                              f"FFN width {width} (ffn_widths[{position}]) is not a multiple of {layer_formats.ffn}'s "
+                              f"block of {block}: the down projection's rows are the FFN width and are stored as "
+                              f"whole blocks; use a multiple of {block} or a float FFN format "
+                              f"({', '.join(FLOAT_FORMATS)})"))
+    if len(off_block) > SHOWN_ITEMS:
+        field, layer, message = off_block[0]
+        return [Problem(source, f"weight_formats (layers {first_few([item[1] for item in off_block])})",
+                        f"{len(off_block)} kept layers, first layer {layer} ({field}): {message}")]
+    return [Problem(source, f"{field} (layer {layer})", message) for field, layer, message in off_block]
+
+
+def _ffn_format_field(config: SliceConfig, position: int, layer: int) -> str:
+    """The field that gives kept layer `layer` (at `position`) its FFN format."""
+    layers = config.weight_formats.layers
+    if isinstance(layers, tuple) and layers[position].ffn:
+        return f"weight_formats.layers[{position}]"
+    if isinstance(layers, dict) and layer in layers and layers[layer].ffn:
+        return f"weight_formats.layers.{layer}"
+    return "weight_formats.default"
+
+
 def _check_base(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
     if config.base is None or config.base == facts.name or config.base not in bundled_arch_names():
         return []
@@ -108,7 +164,7 @@ def _check_base(config: SliceConfig, facts: ArchFacts, source: str) -> list[Prob
 def check_slice_config(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:
     """Every problem of `config` against `facts`, errors and warnings."""
     return [*_check_base(config, facts, source), *_check_skips(config, facts, source),
-            *_check_widths(config, facts, source)]
+            *_check_widths(config, facts, source), *_check_formats(config, facts, source)]
 
 
 def require_valid(config: SliceConfig, facts: ArchFacts, source: str) -> list[Problem]:

@@ -107,9 +107,13 @@ def params(checkpoint: CheckpointOpt = None, arch: ArchOpt = None,
     for label, count in rows:
         table.add_row(label, f"{count:,}", f"{stated}B" if label == "effective" and stated is not None else "")
     table.add_row(f"bytes ({report.dtype})", f"{report.total_bytes:,}", "")
+    if report.format_bytes is not None:
+        table.add_row(f"GGUF text tensor bytes ({report.formats})", f"{report.format_bytes:,}", "")
     console.print(table)
     for warning in plan.warnings if plan else ():
         warn_line(str(warning))
+    for fallback in report.format_fallbacks:
+        warn_line(f"{config}: weight_formats: {fallback}")
 
 
 def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory or hub id.")],

@@ -110,6 +110,14 @@ class Family:
     ple_table = ""
     # Groups of the non-text tensors of a multimodal checkpoint, by full-name prefix.
     component_groups: dict[str, tuple[str, ...]] = {}
+    # GGUF storage (`matlab.tensor_formats`): per-layer tensor suffixes of the attention block
+    # (a layer's `attention` format); 2-D tensors llama.cpp's converter stores in F32 whatever
+    # the file's type (per-layer ones by suffix); tables its loader sizes by `vocab_size_key`,
+    # which the converter pads with zero rows to that size.
+    attention_tensors: tuple[str, ...] = ()
+    gguf_float32_tensors: tuple[str, ...] = ()
+    gguf_vocab_tables: tuple[str, ...] = ()
+    vocab_size_key = "vocab_size"
     text_model_class_name = ""
     multimodal_model_class_name = ""
 

@@ -32,6 +32,13 @@ class Gemma3nFamily(Family):
     embedding_groups = {"embed_tokens_per_layer.": "ple", "embed_tokens.": "embeddings"}
     component_groups = {"audio": ("model.audio_tower.",), "vision": ("model.vision_tower.",),
                         "multimodal_embedders": ("model.embed_vision.", "model.embed_audio.")}
+    attention_tensors = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                         "self_attn.o_proj.weight")
+    # llama.cpp's ALTUP_CORRECT_COEF and ALTUP_PREDICT_COEF (4x4 and 16x4).
+    gguf_float32_tensors = ("altup.correction_coefs.weight", "altup.prediction_coefs.weight")
+    # The loader reads the per-layer table as [layers * block, vocab_size] (262400 rows at E4B);
+    # the checkpoint stores vocab_size_per_layer_input rows (262144).
+    gguf_vocab_tables = ("embed_tokens_per_layer.weight",)
     text_model_class_name = "Gemma3nForCausalLM"
     multimodal_model_class_name = "Gemma3nForConditionalGeneration"
     consumer_kv_tensors = ("self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_norm.weight")

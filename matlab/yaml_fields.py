@@ -1,0 +1,60 @@
+"""Fields and messages shared by the YAML config models: whole numbers, bounded layer counts,
+and many problems of one kind reported once, with a count."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Integral
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ValidationError
+
+from matlab.errors import shown_value
+
+# More layers than any model has; lists and `{width, count}` runs are refused past this before
+# they are expanded (the exact count is checked against the architecture in validation).
+MAX_LAYERS = 100_000
+SHOWN_ITEMS = 5     # of many bad items of one kind, the first few are named
+SHOWN_PROBLEMS = 5  # distinct problems in one message, before "and N more"
+
+
+def first_few(items: Sequence[Any], limit: int = SHOWN_ITEMS, separator: str = ", ") -> str:
+    """'35, 36, 37, 38, 39 and 9,995 more' for a long sequence; all items for a short one."""
+    listed = separator.join(str(item) for item in items[:limit])
+    return listed if len(items) <= limit else f"{listed} and {len(items) - limit:,} more"
+
+
+def collapse(problems: Sequence[tuple[str, str]], separator: str = ": ") -> list[str]:
+    """`where: what` lines from (where, what) pairs: one line per distinct `what`, naming the
+    first few places it occurs, and past SHOWN_PROBLEMS lines a count of the rest, so ten
+    thousand bad entries make a short message."""
+    places: dict[str, list[str]] = {}
+    for where, what in problems:
+        places.setdefault(what, []).append(where)
+    lines = [f"{first_few(wheres)}{separator}{what}" for what, wheres in places.items()]
+    if len(lines) > SHOWN_PROBLEMS:
+        rest = sum(len(wheres) for wheres in list(places.values())[SHOWN_PROBLEMS:])
+        lines = [*lines[:SHOWN_PROBLEMS], f"and {rest:,} more problem(s)"]
+    return lines
+
+
+def whole_number(value: Any) -> int:
+    """An integer field's value: ints, and floats without a fraction (256.0); not booleans,
+    text or fractions, which pydantic's lax mode would coerce or report by type name only."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{shown_value(value)} is not a whole number")
+
+
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One line per distinct pydantic problem, `field[.index]: message`, as `collapse` groups them."""
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        problems.append((location, problem["msg"].removeprefix("Value error, ")))
+    return collapse(problems)
