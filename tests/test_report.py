@@ -15,7 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.harness.report import Score, _log_scale, build_report, format_score, shown_path
+from matlab.harness.report import build_report
+from matlab.harness.report_scores import Score, format_score, log_scale
+from matlab.harness.report_tables import shown_path
 from matlab.harness.results import RUN_FILE, record_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +191,7 @@ def test_scores_and_scales():
     assert format_score(Score(0.68261, 0.01456, 1024, False)) == "0.683 \u00b1 0.015"
     assert format_score(Score(0.4, 0.155, 10, True)) == "0.40 \u00b1 0.15"
     assert format_score(Score(4.1012, None, 60, False)) == "4.101"
-    assert _log_scale([4.1, 12.9, 216.7]) and not _log_scale([4.1, 12.9]) and not _log_scale([0.02, 0.69])
+    assert log_scale([4.1, 12.9, 216.7]) and not log_scale([4.1, 12.9]) and not log_scale([0.02, 0.69])
 
 
 def test_keys_never_overlap_and_stay_inside_the_axes():
@@ -217,3 +219,10 @@ def test_keys_never_overlap_and_stay_inside_the_axes():
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
         assert not any(box.overlaps(other) for other in boxes[i + 1:])
     plt.close(figure)
+
+
+def test_the_same_run_gives_the_same_bytes(demo):
+    first = _report(demo)
+    again = build_report(demo / "sweep", demo.parent / "again", compare=demo / "control",
+                         compare_label="control (trained at full size only)", search=demo / "search").read_text()
+    assert again == first  # no build date or random ids in the SVGs: committed reports diff cleanly

@@ -59,7 +59,9 @@ FRONTIER_KINDS = ("configs", "found")
 
 def _svg(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    # No date and a fixed id salt: the same data gives the same bytes (a committed report diffs cleanly).
+    with matplotlib.rc_context({"svg.hashsalt": "matformer-lab"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(figure)
     return buffer.getvalue()
 
