@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from matlab.architecture import facts_from_checkpoint
 from matlab.errors import InputError
@@ -28,6 +27,9 @@ from matlab.io.reader import CheckpointFiles
 from matlab.io.staging import staged_output
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
+
+if TYPE_CHECKING:  # torch is imported where an adapter is cut: slicing without one never loads it
+    import torch
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -93,6 +95,7 @@ def plan_adapter_tensors(adapter: Path, base: CheckpointFiles, plan: SlicePlan, 
                          ) -> tuple[dict[str, torch.Tensor], int]:
     """The sliced adapter's tensors (PEFT names of the sliced model) and how many were dropped,
     checked against the base: every LoRA pair must sit on a 2-D weight of it of matching size."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     weights = adapter / ADAPTER_WEIGHTS
