@@ -135,3 +135,20 @@ def test_hub_suite_offline_fails_before_any_work_naming_the_datasets(tmp_path):
                         "google-research-datasets/nq_open (nq_open)", "allenai/ai2_arc (arc_challenge, arc_easy)"):
             assert dataset in line
     assert not (tmp_path / "run").exists()
+
+
+
+def test_a_limited_demo_scales_its_search_down_with_the_limit():
+    """Its least search still gets below the demo's budget: test_packaging runs the demo with --limit 1."""
+    from matlab.harness.demo import (
+        LEAST_CALIBRATION_TOKENS,
+        LEAST_SEARCH_EVALS,
+        SEARCH_CALIBRATION_TOKENS,
+        SEARCH_EVALS,
+        search_scale,
+    )
+
+    assert search_scale(None) == search_scale(10_000) == (SEARCH_EVALS, SEARCH_CALIBRATION_TOKENS)
+    assert search_scale(1) == search_scale(10) == (LEAST_SEARCH_EVALS, LEAST_CALIBRATION_TOKENS)
+    evals, tokens = zip(*(search_scale(limit) for limit in (1, 40, 64, 100, 128, None)))
+    assert list(evals) == sorted(evals) and list(tokens) == sorted(tokens) and len(set(tokens)) > 2

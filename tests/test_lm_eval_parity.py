@@ -160,3 +160,28 @@ def test_lm_evals_own_bars_stay_off_beside_the_workbenchs_display(elastic, tasks
     printed = capfd.readouterr()
     for bar in ("Running loglikelihood requests", "Tokenizing inputs"):
         assert bar not in printed.err + printed.out
+
+
+def test_suite_scores_are_simple_evaluates_without_its_git_noise(elastic, capfd, monkeypatch, tmp_path):
+    """`evaluate_submodel` runs lm-eval's `evaluate` set up as `simple_evaluate` sets it up: the
+    same numbers, and, run outside a git repository, none of the "fatal: not a git repository"
+    that `simple_evaluate` prints (it runs `git describe` to record a commit)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from matlab.harness.evaluate import evaluate_submodel
+
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(resolve_suite("nano"))
+    scores = evaluate_submodel(elastic, suite, limit=6, seed=7)
+    assert "not a git repository" not in capfd.readouterr().err
+    local = local_task_configs(suite)
+    for task in suite.tasks:
+        spec = dict(local[task.name], num_fewshot=task.num_fewshot)
+        results = simple_evaluate(model=MatformerLM(elastic), tasks=[spec],
+                                  task_manager=TaskManager(include_defaults=False), limit=6, log_samples=False,
+                                  bootstrap_iters=0, random_seed=7, numpy_random_seed=7, torch_random_seed=7,
+                                  fewshot_random_seed=7)
+        expected = {key.partition(",")[0]: value for key, value in results["results"][task.name].items()
+                    if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+        assert {score.metric: score.value for score in scores if score.task == task.name} == expected

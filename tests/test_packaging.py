@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import tomllib
+
+from matlab.harness.demo import SEARCH_BUDGET
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +51,9 @@ def test_wheel_installed_elsewhere_runs_the_demo(tmp_path):
                           cwd=work, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert (work / "out" / "report" / "index.html").is_file()
+    # The --limit'ed demo's search is its least, and still finds slices within the demo's budget.
+    best = json.loads((work / "out" / "search" / "search.json").read_text())["best"]
+    assert best is not None and best["effective_params"] <= SEARCH_BUDGET
     assert len(list((work / "out" / "sweep" / "configs").glob("*.json"))) == len(list(
         (REPO / "slice_configs" / "nano").glob("*.yaml")))
 

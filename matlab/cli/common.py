@@ -11,6 +11,8 @@ import errno
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -110,12 +112,25 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{reason}; {advice} (nothing was published: an output appears only when complete)"
 
 
+# The exit status of a command stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells report it.
+INTERRUPTED_EXIT = 128 + signal.SIGINT
+
+
+def interrupted_line(message: str) -> None:
+    errors.print(Text.assemble(("interrupted: ", "bold yellow"), plain(message)), highlight=False)
+
+
 @contextmanager
-def reported_errors() -> Iterator[None]:
+def reported_errors(resumes: Path | None = None) -> Iterator[None]:
     """Turn library errors and system errors (disk full, read-only, permission) into one red
-    line on stderr and a non-zero exit code."""
+    line on stderr and a non-zero exit code; and Ctrl-C into one line saying so and, for a
+    command that `resumes` (its run directory), that running it again goes on where it stopped."""
     try:
         yield
+    except KeyboardInterrupt:
+        interrupted_line(f"what was finished is kept in {resumes}; run the same command again to resume"
+                         if resumes is not None else "stopped before finishing")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     except MatformerError as error:
         fail_line(str(error))
         raise typer.Exit(error.exit_code) from None
@@ -146,10 +161,30 @@ class GuardedGroup(TyperGroup):
             else:
                 shown_before(message, category, filename, lineno, file, line)
 
-        with warnings.catch_warnings(), reported_errors():
+        with warnings.catch_warnings(), interruptible(), reported_errors():
             warnings.simplefilter("always", MatformerWarning)
             warnings.showwarning = show
             return super().invoke(ctx)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C (SIGINT) stops the command, even when it was started in the background by a
+    script: such a shell starts its background jobs with SIGINT ignored, and Python then never
+    raises KeyboardInterrupt, so `kill -INT` did nothing until the run ended by itself. Every
+    run directory is written so that a stop anywhere loses at most the work in progress.
+    Restored afterwards (CliRunner runs commands inside the test process)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
 
 
 def silence_library_bars() -> None:

@@ -77,7 +77,7 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
     from matlab.harness.suite import load_suite
     from matlab.harness.sweep import SweepSettings, run_sweep
 
-    with reported_errors(), quiet_evaluation(), RichProgress() as progress:
+    with reported_errors(resumes=out), quiet_evaluation(), RichProgress() as progress:
         paths = config_paths(configs)
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
                                  dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds)
@@ -109,14 +109,18 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory
 
 
 def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("matformer-demo"),
-         limit: LimitOpt = None) -> None:
+         limit: Annotated[Optional[int], typer.Option(
+             "--limit", min=1, help="A quick run of every stage: at most this many documents per task, and a "
+                                    "search scaled down with it (10: about a minute on 2 cores).")] = None) -> None:
     """The main job on the embedded nano model: slice one config, sweep all nano configs on the
     nano suite (and the control on two), search for the best slices below nano-E2B and confirm
-    them on the suite, write the HTML report."""
+    them on the suite, write the HTML report.
+
+    Ctrl-C stops it; the same command resumes it."""
     from matlab.harness.demo import run_demo
 
     say(f"the demo writes everything under {out.resolve()} (a slice, a sweep, a search, the report)")
-    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+    with reported_errors(resumes=out), quiet_evaluation(search=True), RichProgress() as progress:
         result = run_demo(out, limit=limit, progress=progress)
     say(f"sliced nano-E2B to {result.sliced}\nsweep results in {result.sweep / 'results.jsonl'}\n"
         f"search results in {result.search} (frontier/*.yaml, confirmed in confirm/)\nreport: {result.report}")

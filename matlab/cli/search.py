@@ -89,7 +89,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
         strategy=strategy, confirm_limit=limit,
         pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
-    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+    with reported_errors(resumes=out), quiet_evaluation(search=True), RichProgress() as progress:
         if confirm_suite is not None:
             settings = SearchSettings(**{**settings.__dict__, "confirm_suite": resolve_suite(confirm_suite)})
         result = run_search(settings, progress=progress)
