@@ -30,7 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from matlab.errors import SliceConfigError, shown_value
 from matlab.runs import width_runs
 from matlab.weight_formats import WeightFormats
-from matlab.yaml_fields import MAX_LAYERS, WholeNumber, collapse, first_few, format_validation_error, whole_number
+from matlab.yaml_fields import (
+    MAX_LAYERS,
+    WholeNumber,
+    expand_runs,
+    first_few,
+    format_validation_error,
+    whole_number,
+)
 
 MAX_FILE_BYTES = 1 << 20  # a slice config is a few hundred bytes; a larger file is not one
 
@@ -95,26 +102,7 @@ class SliceConfig(BaseModel):
         before anything is expanded (a count of 10**8 would otherwise build that list)."""
         if not isinstance(value, (list, tuple)):
             return whole_number(value)
-        if len(value) > MAX_LAYERS:
-            raise ValueError(f"lists {len(value):,} widths; no model has more than {MAX_LAYERS:,} layers")
-        runs: list[tuple[int, int]] = []
-        problems: list[tuple[str, str]] = []
-        total = 0
-        for position, item in enumerate(value):
-            try:
-                width, count = _width_run(item)
-            except ValueError as error:
-                problems.append((f"entry {position}", str(error)))
-                continue
-            total += count
-            if total > MAX_LAYERS:
-                asked = f"{total:,}" if total < 10**15 else "over 10**15"
-                raise ValueError(f"entry {position} (a run of {shown_value(count)}) brings the widths to {asked} kept "
-                                 f"layers; no model has more than {MAX_LAYERS:,}")
-            runs.append((width, count))
-        if problems:
-            raise ValueError("; ".join(collapse(problems, separator=" ")))
-        return [width for width, count in runs for _ in range(count)]
+        return expand_runs(value, _width_run, "widths")
 
     @field_validator("ffn_widths")
     @classmethod

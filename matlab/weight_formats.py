@@ -31,7 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, fi
 from matlab.errors import shown_value
 from matlab.formats import check_format
 from matlab.runs import runs
-from matlab.yaml_fields import MAX_LAYERS, collapse, format_validation_error, whole_number
+from matlab.yaml_fields import MAX_LAYERS, collapse, expand_runs, format_validation_error, whole_number
 
 FormatName = Annotated[str, BeforeValidator(check_format)]  # its FormatError is a ValueError
 
@@ -144,25 +144,7 @@ def _layer_entry(item: Any, with_count: bool) -> tuple[LayerFormats, int]:
 
 
 def _layer_list(value: Sequence[Any]) -> list[LayerFormats]:
-    if len(value) > MAX_LAYERS:
-        raise ValueError(f"lists {len(value):,} entries; no model has more than {MAX_LAYERS:,} layers")
-    entries: list[tuple[LayerFormats, int]] = []
-    problems: list[tuple[str, str]] = []
-    total = 0
-    for position, item in enumerate(value):
-        try:
-            entry, count = _layer_entry(item, with_count=True)
-        except ValueError as error:
-            problems.append((f"entry {position}", str(error)))
-            continue
-        total += count
-        if total > MAX_LAYERS:
-            raise ValueError(f"entry {position} (a run of {count:,}) brings the entries past {MAX_LAYERS:,} layers; "
-                             "no model has that many")
-        entries.append((entry, count))
-    if problems:
-        raise ValueError("; ".join(collapse(problems, separator=" ")))
-    return [entry for entry, count in entries for _ in range(count)]
+    return expand_runs(value, lambda item: _layer_entry(item, with_count=True), "entries")
 
 
 def _layer_mapping(value: dict[Any, Any]) -> dict[int, LayerFormats]:

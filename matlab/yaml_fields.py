@@ -3,9 +3,9 @@ and many problems of one kind reported once, with a count."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, ValidationError
 
@@ -49,6 +49,33 @@ def whole_number(value: Any) -> int:
 
 
 WholeNumber = Annotated[int, BeforeValidator(whole_number)]
+Item = TypeVar("Item")
+
+
+def expand_runs(value: Sequence[Any], run: Callable[[Any], tuple[Item, int]], noun: str) -> list[Item]:
+    """A per-layer list whose entries may be runs: `run(entry)` gives (item, count), or raises
+    ValueError naming what is wrong. The running total is bounded before anything is expanded (a
+    count of 10**8 would otherwise build that list); every bad entry is reported, collapsed."""
+    if len(value) > MAX_LAYERS:
+        raise ValueError(f"lists {len(value):,} {noun}; no model has more than {MAX_LAYERS:,} layers")
+    runs: list[tuple[Item, int]] = []
+    problems: list[tuple[str, str]] = []
+    total = 0
+    for position, entry in enumerate(value):
+        try:
+            item, count = run(entry)
+        except ValueError as error:
+            problems.append((f"entry {position}", str(error)))
+            continue
+        total += count
+        if total > MAX_LAYERS:
+            asked = f"{total:,}" if total < 10**15 else "over 10**15"
+            raise ValueError(f"entry {position} (a run of {shown_value(count)}) brings the {noun} to {asked} kept "
+                             f"layers; no model has more than {MAX_LAYERS:,}")
+        runs.append((item, count))
+    if problems:
+        raise ValueError("; ".join(collapse(problems, separator=" ")))
+    return [item for item, count in runs for _ in range(count)]
 
 
 def format_validation_error(error: ValidationError) -> list[str]:

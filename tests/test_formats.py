@@ -186,7 +186,7 @@ def test_yaml_forms_and_dump_round_trip(tmp_path, e4b):
      "weight_formats.layers: layer 3 has a count, but an entry of the layer-index mapping is one layer"),
     ({"default": "q8_0", "layers": {-1: "q4_0"}}, "weight_formats.layers: layer -1 is negative"),
     ({"default": "q8_0", "layers": [{"ffn": "q4_0", "count": 10**9}]},
-     "weight_formats.layers: entry 0 (a run of 1,000,000,000) brings the entries past 100,000 layers"),
+     "weight_formats.layers: entry 0 (a run of 1000000000) brings the entries to 1,000,000,000 kept layers"),
     ({"default": "q8_0", "layer": []}, "weight_formats.layer: Extra inputs are not permitted"),
     ({"ffn": "q8_0"}, "weight_formats.default: Field required"),
 ])
