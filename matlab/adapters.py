@@ -153,11 +153,12 @@ class SlicedAdapter:
                             (targets,) if isinstance(targets, str) else tuple(sorted(targets)))
 
 
-def cut_adapter(adapter: Path, base: Path, plan: SlicePlan, *, text_only: bool) -> SlicedAdapter:
-    """The slice for `plan` of the LoRA adapter at `adapter`, trained on checkpoint `base`."""
+def cut_adapter(adapter: Path, base: CheckpointFiles, plan: SlicePlan, *, text_only: bool) -> SlicedAdapter:
+    """The slice for `plan` of the LoRA adapter at `adapter`, trained on the checkpoint `base`
+    (its files, already opened by the caller)."""
     adapter = Path(adapter)
     config = read_adapter_config(adapter)
-    tensors, dropped = plan_adapter_tensors(adapter, CheckpointFiles(base), plan, text_only)
+    tensors, dropped = plan_adapter_tensors(adapter, base, plan, text_only)
     return SlicedAdapter(config, tensors, dropped)
 
 
@@ -167,6 +168,6 @@ def slice_adapter(adapter: Path, base: Path, config: SliceConfig, out: Path, *, 
     to the folder `out` (atomically: whole, or not at all)."""
     adapter, base, out = Path(adapter), Path(base), Path(out)
     plan = SlicePlan.build(config, facts_from_checkpoint(base), config_source)
-    sliced = cut_adapter(adapter, base, plan, text_only=text_only)
+    sliced = cut_adapter(adapter, CheckpointFiles(base), plan, text_only=text_only)
     with staged_output(out, force, inputs=(adapter, base)) as temporary:
         return sliced.write(temporary, sliced_model or str(out))

@@ -165,13 +165,13 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
     if check_rules:
         require_runtime(plan, runtime, config_source)
         require_layout(runtime, text_only)
+    files = CheckpointFiles(source)
     sliced_adapter = None
     if adapter is not None:
         if runtime not in (None, "transformers"):
             raise InputError(f"--adapter with --runtime {runtime}: adapters are sliced for transformers (and "
                              "PEFT) only; slice without --runtime, or merge the adapter first")
-        sliced_adapter = cut_adapter(Path(adapter), source, plan, text_only=text_only)
-    files = CheckpointFiles(source)
+        sliced_adapter = cut_adapter(Path(adapter), files, plan, text_only=text_only)
     work = [(info, target_spec(runtime, plan, spec))
             for info, spec in plan_tensors(files, plan, text_weights_only(runtime, text_only))]
     outputs = [OutputTensor(spec.target, info.dtype, spec.shape) for info, spec in work]

@@ -117,7 +117,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     if adapter is not None:
-        model = _merged(model, Path(adapter), directory, facts)
+        model = _merged(model, Path(adapter), files, facts)
     target = torch.device(device)
     if ple_on_cpu and target.type != "cpu":
         owner_name, _, attribute = facts.family.ple_module.rpartition(".")
@@ -134,12 +134,12 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
     return LoadedModel(model, facts.text_only(), directory, load_tokenizer(directory), target, run_dtype)
 
 
-def _merged(model: PreTrainedModel, adapter: Path, directory: Path, facts: ArchFacts) -> PreTrainedModel:
+def _merged(model: PreTrainedModel, adapter: Path, files: CheckpointFiles, facts: ArchFacts) -> PreTrainedModel:
     """`model` with the LoRA adapter merged in by PEFT, the adapter's names first mapped to the
     text model's (an adapter trained on the multimodal class names `model.language_model.*`)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
-    sliced = cut_adapter(adapter, directory, SlicePlan.identity(facts), text_only=True)
+    sliced = cut_adapter(adapter, files, SlicePlan.identity(facts), text_only=True)
     peft_model = get_peft_model(model, sliced.config)
     result = set_peft_model_state_dict(peft_model, sliced.tensors)
     unexpected = getattr(result, "unexpected_keys", [])
