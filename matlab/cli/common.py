@@ -137,6 +137,15 @@ def reported_errors(resumes: Path | None = None) -> Iterator[None]:
     except OSError as error:
         fail_line(os_error_line(error))
         raise typer.Exit(1) from None
+    except Exception as error:
+        # A library's cleanup that fails while Ctrl-C unwinds through it (transformers'
+        # no_init_weights raises UnboundLocalError when the interrupt lands inside its set-up)
+        # is still the interrupt.
+        if not isinstance(error.__context__, KeyboardInterrupt):
+            raise
+        interrupted_line(f"what was finished is kept in {resumes}; run the same command again to resume"
+                         if resumes is not None else "stopped before finishing")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
 
 
 class GuardedGroup(TyperGroup):
