@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -140,8 +141,9 @@ def reported_errors(resumes: Path | None = None) -> Iterator[None]:
     except Exception as error:
         # A library's cleanup that fails while Ctrl-C unwinds through it (transformers'
         # no_init_weights raises UnboundLocalError when the interrupt lands inside its set-up)
-        # is still the interrupt.
-        if not isinstance(error.__context__, KeyboardInterrupt):
+        # is still the interrupt. A click exit (an inner `reported_errors` already said it was
+        # interrupted) passes through: its context is that interrupt too.
+        if isinstance(error, (typer.Exit, click.exceptions.Exit)) or not isinstance(error.__context__, KeyboardInterrupt):
             raise
         interrupted_line(f"what was finished is kept in {resumes}; run the same command again to resume"
                          if resumes is not None else "stopped before finishing")
