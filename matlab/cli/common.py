@@ -143,7 +143,8 @@ def reported_errors(resumes: Path | None = None) -> Iterator[None]:
         # no_init_weights raises UnboundLocalError when the interrupt lands inside its set-up)
         # is still the interrupt. A click exit (an inner `reported_errors` already said it was
         # interrupted) passes through: its context is that interrupt too.
-        if isinstance(error, (typer.Exit, click.exceptions.Exit)) or not isinstance(error.__context__, KeyboardInterrupt):
+        exits = (typer.Exit, click.exceptions.Exit)
+        if isinstance(error, exits) or not isinstance(error.__context__, KeyboardInterrupt):
             raise
         interrupted_line(f"what was finished is kept in {resumes}; run the same command again to resume"
                          if resumes is not None else "stopped before finishing")
