@@ -19,6 +19,12 @@ def load_full_text_model(directory):
 
 
 def oracle_logits(directory, skipped: list[int], widths: list[int], input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return oracle_model(directory, skipped, widths)(input_ids=input_ids).logits
+
+
+def oracle_model(directory, skipped: list[int], widths: list[int]):
+    """transformers' own Gemma3nForCausalLM of the slice, its weights cut from the full model by module."""
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
     text_model, text_config = load_full_text_model(directory)
@@ -47,5 +53,4 @@ def oracle_logits(directory, skipped: list[int], widths: list[int], input_ids: t
             state["mlp.down_proj.weight"] = state["mlp.down_proj.weight"][:, :width]
             target.layers[new].load_state_dict(state)
         sliced.tie_weights()
-        sliced.eval()
-        return sliced(input_ids=input_ids).logits
+        return sliced.eval()

@@ -12,6 +12,9 @@ no disk.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -55,38 +58,57 @@ def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, parameter: bool
         owner._buffers[attribute] = value
 
 
-def parameter_views(full: PreTrainedModel, plan: SlicePlan) -> tuple[dict[str, torch.Tensor], dict[str, TensorSpec]]:
-    """Submodel parameter name -> view of the full model's tensor, plus the multi-block specs
-    (layer-blocked tables) that no single view can express."""
+# Where a submodel's weight comes from instead of the full model's own parameter (the weights at
+# a config's formats, `matlab.core.quantized`): given the parameter's name and spec, None (the
+# parameter itself), or (a tensor of the parameter's shape, to be cut by the spec, False) or
+# (the tensor already cut, True).
+WeightSource = Callable[[str, TensorSpec], "tuple[torch.Tensor, bool] | None"]
+
+
+def parameter_views(full: PreTrainedModel, plan: SlicePlan, weights: WeightSource | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[TensorSpec, torch.Tensor | None, bool]]]:
+    """Submodel parameter name -> view of the full model's tensor (or of `weights`' tensor),
+    plus the multi-block specs (layer-blocked tables) that no single view can express, each with
+    the tensor `weights` gives for it (None: the module's own) and whether that one is cut."""
     views, blocks = {}, {}
     for name, parameter in full.named_parameters():
         spec = plan.tensor_spec(name, tuple(parameter.shape))
         if spec is None:
             continue
+        source, cut = (weights and weights(name, spec)) or (None, False)
         if len(spec.rows or ((0, 0),)) > 1 or len(spec.cols or ((0, 0),)) > 1:
-            blocks[spec.target] = spec
+            blocks[spec.target] = (spec, source, cut)
         else:
-            views[spec.target] = _view(parameter, spec)
+            views[spec.target] = source if cut else _view(parameter if source is None else source, spec)
     return views, blocks
 
 
-def _kept_blocks(full: PreTrainedModel, spec: TensorSpec) -> KeptBlocks:
+def _kept_blocks(full: PreTrainedModel, spec: TensorSpec, source: torch.Tensor | None = None,
+                 cut: bool = False) -> nn.Module:
     """The wrapper for a layer-blocked table; a family blocks a table by layer only on its
-    output features (an embedding's columns, a linear layer's rows)."""
+    output features (an embedding's columns, a linear layer's rows). With `source` the table
+    is that tensor instead (the module shallow-copied around it); a `cut` one is already only
+    the kept blocks, so the copy is the submodel's module itself."""
     module = full.get_submodule(spec.source.removesuffix(".weight"))
+    if source is not None:
+        module = copy.copy(module)
+        module._parameters = {**module._parameters, "weight": nn.Parameter(source, requires_grad=False)}
+        if cut:
+            return module
     ranges = spec.cols if isinstance(module, nn.Embedding) else spec.rows
     index = torch.cat([torch.arange(start, stop) for start, stop in ranges])
     return KeptBlocks(module, index.to(module.weight.device))
 
 
-def build_submodel(full: PreTrainedModel, plan: SlicePlan) -> PreTrainedModel:
-    """A runnable submodel of `full` whose weights are views of the full model's storage.
+def build_submodel(full: PreTrainedModel, plan: SlicePlan, weights: WeightSource | None = None) -> PreTrainedModel:
+    """A runnable submodel of `full` whose weights are views of the full model's storage (or,
+    for the tensors `weights` gives, of those: a config's weight formats).
 
     `plan` must be built on the facts of the full model's text layout (`ArchFacts.text_only`).
     """
     embeddings = full.get_input_embeddings().weight
     submodel = empty_model(plan.facts_for_submodel(), embeddings.dtype)
-    views, blocks = parameter_views(full, plan)
+    views, blocks = parameter_views(full, plan, weights)
     head = plan.facts.family.head_prefix + "weight"
     for name in {name for name, _ in submodel.named_parameters()} - set(blocks) - {head}:
         _set_tensor(submodel, name, views[name], parameter=True)
@@ -103,13 +125,16 @@ def build_submodel(full: PreTrainedModel, plan: SlicePlan) -> PreTrainedModel:
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.device != embeddings.device:
                 module._buffers[name] = buffer.to(embeddings.device)
-    for target, spec in blocks.items():
+    for target, (spec, source, cut) in blocks.items():
         owner_name, _, attribute = target.removesuffix(".weight").rpartition(".")
-        setattr(submodel.get_submodule(owner_name), attribute, _kept_blocks(full, spec))
+        setattr(submodel.get_submodule(owner_name), attribute, _kept_blocks(full, spec, source, cut))
     if submodel.config.tie_word_embeddings:
         submodel.get_output_embeddings().weight = submodel.get_input_embeddings().weight
     else:
-        submodel.get_output_embeddings().weight = full.get_output_embeddings().weight
+        own = full.get_output_embeddings().weight
+        formatted = views.get(head, own) if weights is not None else own
+        submodel.get_output_embeddings().weight = formatted if isinstance(formatted, nn.Parameter) else \
+            nn.Parameter(formatted, requires_grad=False)
     submodel.config._attn_implementation = full.config._attn_implementation
     submodel.generation_config = full.generation_config
     return submodel.eval()

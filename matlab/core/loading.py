@@ -8,7 +8,7 @@ device, the text tensors are read shard by shard and assigned, and the non-persi
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,9 @@ class LoadedModel:
     tokenizer: object | None
     device: torch.device
     dtype: torch.dtype
+    # Round trips of the weights through weight formats (`matlab.core.quantized.FormatCache`),
+    # made on the first submodel that names formats and kept for the next.
+    format_cache: object | None = field(default=None, repr=False)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from matlab.architecture import facts_from_checkpoint
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import LoadedModel
+from matlab.core.quantized import FormatCache, formatted_weights
+from matlab.inventory import inventory_from_checkpoint
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
+from matlab.tensor_formats import tensor_formats
 from matlab.validation import Problem
 
 
@@ -24,6 +28,7 @@ class Submodel:
     weight_bytes: int
     ple_bytes: int
     warnings: tuple[Problem, ...] = ()
+    weight_formats: str | None = None  # the GGUF formats its weights are held in ("q4_0/q8_0"); None: the dtype
 
     @property
     def device(self) -> torch.device:
@@ -50,13 +55,42 @@ def deployed_weight_bytes(loaded: LoadedModel, plan: SlicePlan) -> tuple[int, in
     return total, ple
 
 
+def format_cache(loaded: LoadedModel) -> FormatCache:
+    """The loaded model's round trips through weight formats (made once, then shared)."""
+    if loaded.format_cache is None:
+        loaded.format_cache = FormatCache(loaded.model)
+    return loaded.format_cache
+
+
+def file_bytes(loaded: LoadedModel, config: SliceConfig, source: str = "config") -> tuple[int, int, str]:
+    """(text tensors, PLE table) in bytes of the GGUF file of `config`'s slice at its weight
+    formats, every tensor the checkpoint stores as llama.cpp's converter writes it; and the
+    2-D weights' formats ("q4_0/q8_0")."""
+    facts = facts_from_checkpoint(loaded.directory)
+    plan = SlicePlan.build(config, facts, source)
+    total = ple = 0
+    used = set()
+    for tensor in tensor_formats(plan, inventory_from_checkpoint(loaded.directory)):
+        total += tensor.nbytes
+        used |= {tensor.format} if len(tensor.shape) > 1 else set()
+        if facts.family.group(tensor.name, facts.is_multimodal) == "ple":
+            ple += tensor.nbytes
+    return total, ple, "/".join(sorted(used))
+
+
 def select_submodel(loaded: LoadedModel, config: SliceConfig | None, source: str = "config") -> Submodel:
-    """The full model (config None) or the elastic submodel for `config`, sharing weights."""
+    """The full model (config None) or the elastic submodel for `config`, sharing weights; with
+    `weight_formats`, each weight as the config's GGUF formats hold it (`matlab.core.quantized`),
+    and the bytes are that file's."""
     if config is None:
         plan = SlicePlan.identity(loaded.facts)
         model = loaded.model
     else:
         plan = SlicePlan.build(config, loaded.facts, source)
-        model = build_submodel(loaded.model, plan)
-    weight_bytes, ple_bytes = deployed_weight_bytes(loaded, plan)
-    return Submodel(model, plan, loaded.tokenizer, weight_bytes, ple_bytes, plan.warnings)
+        formatted = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+        model = build_submodel(loaded.model, plan, formatted)
+    if config is not None and config.weight_formats is not None:
+        weight_bytes, ple_bytes, formats = file_bytes(loaded, config, source)
+    else:
+        (weight_bytes, ple_bytes), formats = deployed_weight_bytes(loaded, plan), None
+    return Submodel(model, plan, loaded.tokenizer, weight_bytes, ple_bytes, plan.warnings, formats)

@@ -1,0 +1,115 @@
+"""Submodels at their weight formats: each weight as the shipped GGUF file holds it.
+
+A slice config's `weight_formats` gives every stored tensor a format (`matlab.tensor_formats`,
+by llama.cpp's converter's rules: 1-D tensors in F32, rows off the block in F16, ...). The
+elastic submodel then runs with each weight replaced by its round trip through that format,
+computed by the `gguf` package's reference quantizers (`matlab.formats.round_trip`): the very
+numbers the file holds, in the run's dtype.
+
+Each weight is quantized once per format, whole, and kept dequantized (`FormatCache`), so a
+candidate of a search costs no quantization: blocks run along a row (a weight's input
+dimension), so the rows of a narrower gate/up projection, and the columns of a narrower down
+projection cut at whole blocks, are views of the whole tensor's round trip. A cut that splits
+blocks (a per-layer table whose layers' blocks are narrower than a quantization block, as
+nano's 16-wide per-layer embeddings are: two layers share a 32-element block, and skipping
+one changes what the other's block quantizes to) is quantized as cut, once per distinct cut.
+
+Memory: one dequantized copy of the text weights per format in use, at the run's dtype.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from matlab.formats import block_size, round_trip
+from matlab.plan import Ranges, SlicePlan, TensorSpec
+from matlab.tensor_formats import TensorFormat, layer_formats, tensor_format
+
+# The format in which a run dtype holds its values exactly: that format's round trip is the identity.
+_EXACT = {torch.float32: ("f32",), torch.bfloat16: ("bf16", "f32"), torch.float16: ("f16", "f32")}
+
+
+class FormatCache:
+    """Round trips of one loaded model's weights through weight formats, computed once each."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.parameters = dict(model.named_parameters())
+        self._whole: dict[tuple[str, str], torch.Tensor] = {}
+        self._cut: dict[tuple[str, str, Ranges, Ranges], torch.Tensor] = {}
+        self.seconds: Counter[str] = Counter()  # quantizing (and back), per format
+
+    def _round_trip(self, values: torch.Tensor, fmt: str) -> torch.Tensor:
+        started = time.perf_counter()
+        array = values.detach().to("cpu", torch.float32).numpy()
+        result = torch.from_numpy(np.ascontiguousarray(round_trip(array, fmt))).to(values.device, values.dtype)
+        self.seconds[fmt] += time.perf_counter() - started
+        return result
+
+    def whole(self, name: str, fmt: str) -> torch.Tensor:
+        """The whole tensor `name` as format `fmt` holds it (itself where that is exact)."""
+        parameter = self.parameters[name]
+        if fmt in _EXACT.get(parameter.dtype, ()):
+            return parameter
+        key = (name, fmt)
+        if key not in self._whole:
+            self._whole[key] = self._round_trip(parameter, fmt)
+        return self._whole[key]
+
+    def prepare(self, formats: tuple[str, ...]) -> dict[str, float]:
+        """Quantize every 2-D weight in each of `formats` now (where its rows are whole blocks);
+        seconds per format. A search calls it so that its candidates cost no quantization."""
+        for fmt in formats:
+            for name, parameter in self.parameters.items():
+                if parameter.ndim == 2 and parameter.shape[-1] % block_size(fmt) == 0:
+                    self.whole(name, fmt)
+        return {fmt: round(self.seconds[fmt], 3) for fmt in formats}
+
+    def weight(self, name: str, spec: TensorSpec, fmt: str) -> tuple[torch.Tensor, bool]:
+        """(tensor, cut): the whole tensor's round trip, for the caller to cut by `spec` as it
+        cuts the model's own (cut False); or, where `spec` splits blocks of `fmt`, the cut
+        tensor's own round trip (cut True)."""
+        parameter = self.parameters[name]
+        block = block_size(fmt)
+        bounds = [bound for start, stop in (spec.cols or ()) for bound in (start, stop)]
+        if parameter.shape[-1] % block == 0 and all(bound % block == 0 for bound in bounds):
+            return self.whole(name, fmt), False
+        key = (name, fmt, spec.rows or (), spec.cols or ())
+        if key not in self._cut:
+            rows = torch.cat([parameter[start:stop] for start, stop in spec.rows]) if spec.rows else parameter
+            cut = torch.cat([rows[:, start:stop] for start, stop in spec.cols], dim=1) if spec.cols else rows
+            self._cut[key] = cut if fmt in _EXACT.get(parameter.dtype, ()) else self._round_trip(cut, fmt)
+        return self._cut[key], True
+
+
+@dataclass(frozen=True)
+class FormattedWeights:
+    """The weights of one plan's submodel at the plan's formats, for `build_submodel`."""
+
+    cache: FormatCache
+    formats: dict[str, TensorFormat]  # by the loaded model's parameter name
+
+    def __call__(self, name: str, spec: TensorSpec) -> tuple[torch.Tensor, bool] | None:
+        """What `build_submodel` takes for parameter `name`: None to use the model's own weight."""
+        stored = self.formats.get(name)
+        if stored is None or stored.format in _EXACT.get(self.cache.parameters[name].dtype, ()):
+            return None
+        return self.cache.weight(name, spec, stored.format)
+
+
+def formatted_weights(cache: FormatCache, plan: SlicePlan) -> FormattedWeights | None:
+    """The plan's weights at its config's `weight_formats` (None when it names none). `plan`
+    is built on the loaded model's (text-only) facts."""
+    if plan.config.weight_formats is None:
+        return None
+    layers = layer_formats(plan)
+    formats = {}
+    for name, parameter in cache.parameters.items():
+        stored = tensor_format(plan, name, tuple(parameter.shape), layers)
+        if stored is not None:
+            formats[name] = stored
+    return FormattedWeights(cache, formats)

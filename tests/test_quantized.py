@@ -1,0 +1,91 @@
+"""Submodels at their weight formats (`matlab.core.quantized`), against an independent oracle:
+transformers' own model of the slice whose every weight went through the `gguf` package's
+reference quantizer and back, by the format rules written out here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+from matlab.core.loading import load_model
+from matlab.core.submodel import select_submodel
+from matlab.slice_config import parse_slice_config
+
+from oracle import oracle_model
+
+
+def _gguf_round_trip(values: torch.Tensor, fmt: str) -> torch.Tensor:
+    qtype = GGMLQuantizationType[fmt.upper()]
+    stored = quants.quantize(values.detach().float().numpy(), qtype)
+    return torch.from_numpy(np.array(quants.dequantize(stored, qtype), dtype=np.float32))
+
+
+def _expected_format(name: str, shape: tuple[int, ...], layer_formats: list[dict], formats: dict) -> str:
+    """llama.cpp's converter's choice for a tensor of the sliced model, written out independently."""
+    if len(shape) < 2 or name.endswith(("altup.correction_coefs.weight", "altup.prediction_coefs.weight")):
+        return "f32"
+    parts = name.split(".")
+    if parts[:2] == ["model", "layers"] and ".mlp." in name:
+        wanted = layer_formats[int(parts[2])].get("ffn", formats["default"])
+    elif parts[:2] == ["model", "layers"] and ".self_attn." in name and name.endswith("_proj.weight"):
+        wanted = layer_formats[int(parts[2])].get("attention", formats["default"])
+    elif name == "model.embed_tokens.weight":
+        wanted = formats.get("embeddings", formats["default"])
+    elif name == "model.embed_tokens_per_layer.weight":
+        wanted = formats.get("per_layer_embeddings", formats["default"])
+    else:
+        wanted = formats["default"]
+    return wanted if shape[-1] % GGML_QUANT_SIZES[GGMLQuantizationType[wanted.upper()]][0] == 0 else "f16"
+
+
+# Tiny model: hidden 64, PLE block 8 (15 layers: rows of 120, not whole 32-blocks; 12 kept: 96,
+# three blocks that split layers' blocks), LAuReL rank 4 (rows of 4 fall back to f16).
+CASES = {
+    "uniform-q8": ([], [256] * 15, {"default": "q8_0"}, [{}] * 15),
+    "mixed": ([10, 11, 12], [128, 256] * 6,
+              {"default": "q8_0", "embeddings": "q4_0", "per_layer_embeddings": "q5_0"},
+              [{"ffn": "q4_0"}, {"attention": "q4_1", "ffn": "q5_1"}] * 6),
+    "float-and-block": ([3], [128] * 14, {"default": "bf16"}, [{"ffn": "q4_0"}, {"attention": "f16"}] * 7),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_submodel_at_its_formats_equals_transformers_on_round_tripped_weights(tiny_text, sample_ids, case):
+    skipped, widths, formats, layers = CASES[case]
+    config = parse_slice_config({"name": case, "layers_skipped": skipped, "ffn_widths": widths,
+                                 "weight_formats": {**formats, "layers": layers}}, f"{case}.yaml")
+    loaded = load_model(tiny_text)
+    submodel = select_submodel(loaded, config)
+    expected = oracle_model(tiny_text, skipped, widths)
+    with torch.no_grad():
+        for name, parameter in expected.named_parameters():
+            fmt = _expected_format(name, tuple(parameter.shape), layers, formats)
+            if fmt != "f32":
+                parameter.copy_(_gguf_round_trip(parameter, fmt))
+        want = expected(input_ids=sample_ids).logits
+        got = submodel.model(input_ids=sample_ids).logits
+        plain = select_submodel(loaded, config.model_copy(update={"weight_formats": None})).model(
+            input_ids=sample_ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    assert (got - plain).abs().max() > 1e-3  # the formats changed the model: the comparison is not vacuous
+    assert submodel.weight_formats is not None and "f16" in submodel.weight_formats.split("/")
+
+
+def test_each_weight_is_quantized_once_and_narrower_ffns_are_views(tiny_text, sample_ids):
+    loaded = load_model(tiny_text)
+    wide = parse_slice_config({"name": "wide", "ffn_widths": 256, "weight_formats": "q4_0"}, "w.yaml")
+    narrow = parse_slice_config({"name": "narrow", "ffn_widths": 128, "layers_skipped": [10, 11, 12],
+                                 "weight_formats": "q4_0"}, "n.yaml")
+    select_submodel(loaded, wide)
+    cache = loaded.format_cache
+    spent = dict(cache.seconds)
+    submodel = select_submodel(loaded, narrow)
+    whole = cache.whole("model.layers.0.mlp.down_proj.weight", "q4_0")
+    view = submodel.model.model.layers[0].mlp.down_proj.weight
+    assert view.data_ptr() == whole.data_ptr() and view.shape == (64, 128)
+    # Only the per-layer table was quantized again: its 12 kept layers make rows of 96, three whole
+    # blocks that split layers (15 layers: rows of 120 fall back to f16).
+    assert spent.keys() == cache.seconds.keys() and sum(cache.seconds.values()) > sum(spent.values())
+    assert set(key[0] for key in cache._cut) == {"model.embed_tokens_per_layer.weight"}
