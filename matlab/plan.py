@@ -15,16 +15,28 @@ from matlab.errors import CheckpointError, SliceConfigError
 from matlab.runs import merge_ranges
 from matlab.slice_config import SliceConfig
 from matlab.validation import Problem, require_valid
+from matlab.weight_formats import WeightFormats
 
 Ranges = tuple[tuple[int, int], ...]
 _AXIS_FIELD = {0: "rows", 1: "cols"}
 
 
-def submodel_id(kept_layers: tuple[int, ...], ffn_widths: tuple[int, ...]) -> str:
+def submodel_id(kept_layers: tuple[int, ...], ffn_widths: tuple[int, ...], formats: dict | None = None) -> str:
     """A short stable identity of a submodel: its kept layers and their widths, however the
-    config spelled them (`ffn_widths: 128` and a list of 15 x 128 are the same submodel)."""
-    payload = json.dumps({"kept_layers": list(kept_layers), "ffn_widths": list(ffn_widths)})
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    config spelled them (`ffn_widths: 128` and a list of 15 x 128 are the same submodel), and
+    its weight formats where it names them (resolved per kept layer: `formats_identity`)."""
+    identity: dict[str, Any] = {"kept_layers": list(kept_layers), "ffn_widths": list(ffn_widths)}
+    if formats is not None:
+        identity["weight_formats"] = formats
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+
+
+def formats_identity(formats: WeightFormats, kept_layers: tuple[int, ...]) -> dict:
+    """Weight formats with every default filled in, one entry per kept layer: equal for any
+    two spellings of the same formats."""
+    return {"embeddings": formats.embeddings_format, "per_layer_embeddings": formats.per_layer_embeddings_format,
+            "default": formats.default,
+            "layers": [[entry.attention, entry.ffn] for entry in formats.for_layers(kept_layers)]}
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,9 @@ class SlicePlan:
 
     @property
     def submodel_id(self) -> str:
-        return submodel_id(self.kept_layers, self.ffn_widths)
+        formats = self.config.weight_formats
+        return submodel_id(self.kept_layers, self.ffn_widths,
+                           None if formats is None else formats_identity(formats, self.kept_layers))
 
     @cached_property
     def new_index(self) -> dict[int, int]:

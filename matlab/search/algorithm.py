@@ -63,28 +63,27 @@ class Evaluator:
         return self.many([candidate], phase)[0]
 
 
-def _with(genes: dict[str, int], gene: str, value: int) -> dict[str, int]:
+Genes = dict[str, object]  # gene name -> value: a skip (0/1), a width or a format name
+
+
+def _with(genes: Genes, gene: str, value: object) -> Genes:
     return {**genes, gene: value}
 
 
-def _narrower(space: SearchSpace, width: int) -> int | None:
-    smaller = [w for w in space.widths if w < width]
-    return smaller[0] if smaller else None
-
-
-def single_moves(space: SearchSpace) -> list[tuple[str, int]]:
-    """(gene, new value) for every one-step move away from the full model."""
+def single_moves(space: SearchSpace) -> list[tuple[str, object]]:
+    """(gene, new value) for every one-step move away from the full model: skip one group,
+    narrow one width or one format by one step."""
     moves = []
     for gene in space.gene_names:
         if gene.startswith("skip_"):
             moves.append((gene, 1))
-        elif (narrower := _narrower(space, space.full_genes[gene])) is not None:
+        elif (narrower := space.narrower(gene, space.full_genes[gene])) is not None:
             moves.append((gene, narrower))
     return moves
 
 
-def greedy_path(space: SearchSpace, budget: Budget, effects: dict[tuple[str, int], tuple[float, float]],
-                ) -> list[dict[str, int]]:
+def greedy_path(space: SearchSpace, budget: Budget, effects: dict[tuple[str, object], tuple[float, float]],
+                ) -> list[Genes]:
     """Genes along the cheapest-loss-per-cost path from the full model down past the budget,
     by the measured single-move effects ((objective increase, cost saved) per move)."""
     genes, points, targets = dict(space.full_genes), [], list(PATH_STEPS)
@@ -128,7 +127,7 @@ def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed:
         return
 
 
-def _sensitivity_seeds(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> list[dict[str, int]]:
+def _sensitivity_seeds(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> list[Genes]:
     """Phases 1 and 2: the single-move effects from the full model, then the greedy path they imply."""
     full = space.decode(space.full_genes)
     moves = [(move, space.decode(_with(space.full_genes, *move))) for move in single_moves(space)]
@@ -141,7 +140,7 @@ def _sensitivity_seeds(space: SearchSpace, budget: Budget, evaluate: Evaluator) 
     return seeds + neighbours(space, budget, seeds[0]) if seeds else seeds
 
 
-def neighbours(space: SearchSpace, budget: Budget, genes: dict[str, int]) -> list[dict[str, int]]:
+def neighbours(space: SearchSpace, budget: Budget, genes: Genes) -> list[Genes]:
     """Every valid point within the budget one gene away from `genes` (undoing a skip, widening
     or narrowing a width): the first generation's local neighbourhood of the path's point at
     the budget, which crossover alone rarely reaches from random parents."""
@@ -155,7 +154,7 @@ def neighbours(space: SearchSpace, budget: Budget, genes: dict[str, int]) -> lis
     return found
 
 
-def _nsga2(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, seeds: list[dict[str, int]],
+def _nsga2(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, seeds: list[Genes],
            population: int | None) -> None:
     """One generation at a time: ask `size` trials, evaluate the feasible ones together, tell
     all in the order asked (infeasible ones with the constraint that rules them out)."""
@@ -193,7 +192,7 @@ def _greedy_descent(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> 
             if gene.startswith("skip_"):
                 value = None if genes[gene] else 1
             else:
-                value = _narrower(space, genes[gene])
+                value = space.narrower(gene, genes[gene])
             if value is not None:
                 candidate = space.decode(_with(genes, gene, value))
                 if candidate.valid and budget.cost(here) - budget.cost(candidate) > 0:

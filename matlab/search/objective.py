@@ -269,14 +269,15 @@ def perplexity_of(model: PreTrainedModel, calibration: Calibration) -> float:
 
 
 def measure_candidate(full: PreTrainedModel, plan, calibration: Calibration,
-                      reference: Reference | None) -> tuple[float, float, float]:
+                      reference: Reference | None, weights=None) -> tuple[float, float, float]:
     """(objective, seconds to build the elastic submodel, seconds to evaluate it) of one
     candidate of `full` (`plan` on the full model's text layout): KL to `reference`, or
-    perplexity without one."""
+    perplexity without one. `weights`: the plan's weights at its formats
+    (`matlab.core.quantized.formatted_weights`), None for the model's own."""
     from matlab.core.elastic import build_submodel
 
     started = time.perf_counter()
-    submodel = build_submodel(full, plan)
+    submodel = build_submodel(full, plan, weights)
     built = time.perf_counter()
     value = kl_to_reference(submodel, calibration, reference) if reference is not None \
         else perplexity_of(submodel, calibration)

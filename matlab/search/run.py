@@ -12,6 +12,8 @@ from typing import Any
 from matlab import __version__
 from matlab.architecture import facts_from_checkpoint
 from matlab.core.loading import load_model, load_shapes, load_tokenizer
+from matlab.core.quantized import formatted_weights
+from matlab.core.submodel import format_cache
 from matlab.distributed.pool import PoolSettings, WorkerPool
 from matlab.errors import InputError
 from matlab.harness.pareto import pareto_front
@@ -45,6 +47,7 @@ from matlab.search.objective import (
 )
 from matlab.search.space import Budget, Candidate, SearchSpace
 from matlab.slice_config import Reference, dump_slice_config
+from matlab.weight_formats import WeightFormats
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class SearchSettings:
     confirm_suite: Path | None = None
     confirm_limit: int | None = None
     pool: PoolSettings | None = None  # spread the evaluations over Ray workers
+    formats: tuple[str, ...] | None = None  # weight formats searched with widths and skips (`search --formats`)
+    format_genes: str = "group"  # a format per layer and tensor group ("group") or per layer ("layer")
 
 
 _NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool")
@@ -95,6 +100,9 @@ def _check_arguments(settings: SearchSettings) -> None:
         raise InputError("--max-evals: at least 1")
     if settings.strategy not in STRATEGIES:
         raise InputError(f"--strategy {settings.strategy}: choose one of {', '.join(STRATEGIES)}")
+    if settings.formats and settings.max_bytes is None:
+        raise InputError("--formats: give --max-bytes; weight formats change the bytes of the file, not the "
+                         "effective parameters, so only a byte budget can trade them against widths and skips")
 
 
 def _calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationText], str]:
@@ -114,11 +122,19 @@ def _format_count(count: int) -> str:
 
 def _record(candidate: Candidate, objective: str, value: float, phase: str, order: int, build: float,
             seconds: float) -> dict[str, Any]:
+    formats = candidate.weight_formats
     return {"order": order, "phase": phase, "submodel_id": candidate.submodel_id,
             "layers_skipped": list(candidate.layers_skipped), "ffn_widths": list(candidate.ffn_widths),
+            **({"weight_formats": formats.yaml_data()} if formats else {}),
             "kept_layers": len(candidate.ffn_widths), "effective_params": candidate.effective_params,
             "weight_bytes": candidate.weight_bytes, "objective": objective, "value": value,
             "build_seconds": round(build, 4), "evaluate_seconds": round(seconds, 4)}
+
+
+def _recorded_candidate(space: SearchSpace, record: dict[str, Any]) -> Candidate:
+    formats = record.get("weight_formats")
+    return space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]),
+                           None if formats is None else WeightFormats.model_validate(formats))
 
 
 def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> SearchResult:
@@ -161,7 +177,9 @@ def _search_locked(settings: SearchSettings, directory: Path, facts, progress: P
     arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
     # What makes two searches the same search: everything but where it writes, how far it goes
     # and what confirms it afterwards; the checkpoint by content, the calibration by the text it used.
-    identity = {**{key: value for key, value in arguments.items() if key not in _NOT_IDENTITY},
+    # (`format_genes` only with formats: a search without them, of any version, is the same search.)
+    not_identity = _NOT_IDENTITY + (() if settings.formats else ("format_genes",))
+    identity = {**{key: value for key, value in arguments.items() if key not in not_identity},
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
                 "calibration_sha256": calibration.texts_sha256}
     identity = _resumed_identity(settings, identity)
@@ -205,8 +223,10 @@ def setup_on_worker(state: dict, payload: dict) -> None:
 
 
 def candidate_on_worker(state: dict, config) -> tuple[float, float, float]:
-    plan = SlicePlan.build(config, state["loaded"].facts, config.name)
-    return measure_candidate(state["loaded"].model, plan, state["search"]["calibration"], state["search"]["reference"])
+    loaded = state["loaded"]
+    plan = SlicePlan.build(config, loaded.facts, config.name)
+    weights = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+    return measure_candidate(loaded.model, plan, state["search"]["calibration"], state["search"]["reference"], weights)
 
 
 def _search(settings: SearchSettings, directory: Path, facts, calibration: Calibration, identity: dict,
@@ -214,16 +234,19 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     # With workers, this process needs the model's shapes only (costs); the workers run it.
     loaded = load_shapes(directory, settings.dtype) if pool else \
         load_model(directory, device=settings.device, dtype=settings.dtype)
-    space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime)
+    space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime,
+                        settings.formats, settings.format_genes)
     if settings.runtime:
         space.check_runtime_can_load_base()
     smallest = space.smallest()
     if not smallest.valid or budget.excess(smallest) > 0:
+        at = f"GGUF bytes at {'/'.join(space.formats)}" if space.formats else f"weight bytes at {settings.dtype}"
         raise InputError(f"the budget is below the smallest valid submodel ({_format_count(smallest.effective_params)} "
-                         f"effective parameters, {smallest.weight_bytes:,} weight bytes at {settings.dtype}); "
-                         "raise --max-params/--max-bytes")
+                         f"effective parameters, {smallest.weight_bytes:,} {at}); raise --max-params/--max-bytes")
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
+    # Every weight quantized once per format, before the first candidate (each is then views).
+    quantize_seconds = format_cache(loaded).prepare(space.formats) if space.formats and not pool else {}
     reference = None
     if settings.objective == "kl":
         reference = pool.call(reference_on_worker, {"calibration": calibration, "top_k": settings.top_k}) if pool else \
@@ -260,8 +283,9 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
             pool.map(candidate_on_worker, [candidate.config() for candidate in todo], on_result=record)
         else:
             for index, candidate in enumerate(todo):
-                record(index, measure_candidate(loaded.model, space.text_plan(candidate.config()), calibration,
-                                                reference))
+                plan = space.text_plan(candidate.config())
+                weights = formatted_weights(format_cache(loaded), plan) if candidate.weight_formats else None
+                record(index, measure_candidate(loaded.model, plan, calibration, reference, weights))
         timing["wall"] += time.perf_counter() - batch_started
         values = [journal.by_id[candidate.submodel_id]["value"] for candidate in candidates]
         for candidate, value in zip(candidates, values):
@@ -274,6 +298,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
 
     evaluator = Evaluator(measure, settings.max_evals)
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
+    timing["quantize_seconds"] = quantize_seconds
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started)
     return SearchResult(settings.out, summary, journal.warnings + space.runtime_warnings() + space.width_warnings())
@@ -284,15 +309,15 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
     """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
     # In identity order, not journal order (workers record as results arrive): the same set gives the same frontier.
     feasible = sorted((record for record in journal.records if record["submodel_id"] in evaluator.values
-                       and budget.excess(space.candidate(tuple(record["layers_skipped"]),
-                                                         tuple(record["ffn_widths"]))) <= 0),
+                       and budget.excess(_recorded_candidate(space, record)) <= 0),
                       key=lambda record: record["submodel_id"])
     cost_key = "effective_params" if settings.max_params else "weight_bytes"
     front = [feasible[i] for i in pareto_front([r[cost_key] for r in feasible], [r["value"] for r in feasible],
                                                higher_is_better=False)]
     files, entries = {}, []
+    bytes_at = "GGUF file bytes at its weight_formats" if space.formats else f"weight bytes at {settings.dtype}"
     for rank, record in enumerate(front):
-        candidate = space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]))
+        candidate = _recorded_candidate(space, record)
         name = f"found-{_format_count(record['effective_params'])}"
         name = name if all(entry["name"] != name for entry in entries) else f"{name}-{record['submodel_id'][:6]}"
         plan = SlicePlan.build(candidate.config(name), space.facts, name)
@@ -303,11 +328,12 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
             description=f"Found by matformer search: {settings.objective} {record['value']:.4g} on "
                         f"{calibration.source}, {calibration.tokens} tokens.",
             reference=Reference(source="matformer search", name=record["submodel_id"], measured=measured,
-                                notes=f"runs in: {runtimes_line(plan)}; weight bytes at {settings.dtype}"))
+                                notes=f"runs in: {runtimes_line(plan)}; {bytes_at}"))
         file = f"{rank:02d}-{record['submodel_id']}.yaml"
         files[file] = dump_slice_config(config)
         entries.append({"file": f"{FRONTIER_DIR}/{file}", "name": name, **{k: record[k] for k in (
             "submodel_id", "layers_skipped", "ffn_widths", "effective_params", "weight_bytes", "value")},
+            **({"weight_formats": record["weight_formats"]} if "weight_formats" in record else {}),
             "runs_in": runs_in(plan), "expected_in": expected_in(plan)})
     journal.write_frontier(files)
     new = max(timing["new"], 1)
@@ -324,5 +350,7 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
                    "candidates_per_minute": round(60 * timing["new"] / max(
                        timing["wall"] if settings.pool else timing["build"] + timing["evaluate"], 1e-9), 1),
                    "workers": settings.pool.workers if settings.pool else None,
-                   "calibration_tokens": calibration.tokens}})
+                   "calibration_tokens": calibration.tokens,
+                   # one-time: every weight quantized (and back) once per format
+                   **({"quantize_seconds": timing["quantize_seconds"]} if timing["quantize_seconds"] else {})}})
     return summary

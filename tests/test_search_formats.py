@@ -1,0 +1,150 @@
+"""`search --formats`: widths, skips and weight formats as one search, budgeted in the bytes
+of the GGUF file and scored at that precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from matlab.accounting import count_parameters
+from matlab.architecture import facts_from_checkpoint
+from matlab.cli import app
+from matlab.config_files import check_config_files
+from matlab.core.loading import load_model
+from matlab.core.submodel import select_submodel
+from matlab.formats import FORMATS
+from matlab.inventory import inventory_from_checkpoint
+from matlab.plan import SlicePlan
+from matlab.resolve import resolve_checkpoint
+from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
+from matlab.search.run import SearchSettings, _calibration_texts, run_search
+from matlab.slice_config import load_slice_config
+
+runner = CliRunner()
+NANO = resolve_checkpoint("nano")
+BYTES = 3_000_000  # nano's text weights are ~10.4 MB in bf16: only quantized slices fit
+FORMATS_SEARCHED = ("q8_0", "q5_0", "q4_0")
+
+
+def _settings(out, **fields) -> SearchSettings:
+    values = dict(max_bytes=BYTES, formats=FORMATS_SEARCHED, format_genes="layer", max_evals=80, window=64,
+                  calibration_tokens=128)
+    return SearchSettings("nano", out, **{**values, **fields})
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    return run_search(_settings(tmp_path_factory.mktemp("search-formats") / "run"))
+
+
+def test_frontier_configs_fit_the_byte_budget_of_their_gguf_file(searched):
+    facts, inventory = facts_from_checkpoint(NANO), inventory_from_checkpoint(NANO)
+    frontier = sorted((searched.directory / "frontier").glob("*.yaml"))
+    assert len(frontier) >= 2
+    used = set()
+    for path in frontier:
+        config = load_slice_config(path)
+        report = count_parameters(inventory, facts, SlicePlan.build(config, facts, str(path)), text_only=True)
+        # `params` counts the same bytes the search budgeted, from the YAML the search wrote.
+        assert report.format_bytes <= BYTES and report.format_bytes == config.reference.measured["weight_bytes"]
+        used |= set(report.formats.split("/"))
+    assert used & set(FORMATS_SEARCHED) and used <= set(FORMATS_SEARCHED) | {"f32", "f16"}
+    assert all(not problems for problems in check_config_files(frontier, facts).values())
+    timing = searched.summary["timing"]
+    assert set(timing["quantize_seconds"]) == set(FORMATS_SEARCHED)
+
+
+def test_the_objective_is_the_submodel_at_its_formats(searched):
+    """The search's KL of its best slice equals the KL of the slice the harness evaluates from
+    the frontier YAML (`select_submodel` at the config's formats), on the same calibration."""
+    settings = _settings(searched.directory)
+    loaded = load_model(NANO)
+    texts, source = _calibration_texts(settings)
+    calibration = make_calibration(loaded.tokenizer, texts, source, settings.window, settings.calibration_tokens)
+    reference = reference_distributions(loaded.model, calibration, settings.top_k)
+    best = searched.summary["best"]
+    config = load_slice_config(searched.directory / best["file"])
+    quantized = kl_to_reference(select_submodel(loaded, config).model, calibration, reference)
+    plain = kl_to_reference(select_submodel(loaded, config.model_copy(update={"weight_formats": None})).model,
+                            calibration, reference)
+    assert quantized == pytest.approx(best["value"], rel=1e-6)
+    assert quantized > plain  # the formats cost quality, and the objective saw it
+
+
+def test_resumed_search_with_formats_evaluates_nothing_twice(searched):
+    again = run_search(_settings(searched.directory))
+    assert again.summary["evaluated_now"] == 0 and again.summary["best"] == searched.summary["best"]
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--formats", "q4_k_m"], "--formats: 'q4_k_m' has no reference quantizer in the gguf package"),
+    (["--formats", "q3"], "--formats: 'q3' is not a GGUF weight format"),
+    (["--formats", "q4_0", "--widths", "512,200"], "--formats q4_0 with --widths 200: a down projection of that "
+                                                    "width is not whole q4_0 blocks of 32"),
+    (["--formats", "q4_0", "--max-bytes", "100KB"], "the budget is below the smallest valid submodel"),
+    (["--formats", "q4_0", "--max-bytes", None, "--max-params", "2M"], "--formats: give --max-bytes"),
+    (["--formats", "q8_0,q4_0", "--runtime", "mlx-lm"], "--formats: mlx-lm does not load q8_0, q4_0"),
+    (["--formats", "bf16,q4_0", "--runtime", "transformers"], "--formats: transformers does not load q4_0"),
+])
+def test_bad_format_arguments_are_one_line_and_write_nothing(tmp_path, arguments, expected):
+    options = {"--max-bytes": "3MB", "--max-evals": "5", "--window": "64", "--calibration-tokens": "128"}
+    extra = []
+    for key, value in zip(arguments[::2], arguments[1::2]):
+        if key in options:
+            options[key] = value
+        else:
+            extra += [key, value]
+    flat = [item for key, value in options.items() if value is not None for item in (key, value)]
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", "nano", "--out", str(out), *flat, *extra])
+    assert result.exit_code != 0 and expected in result.stderr, result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert "Traceback" not in result.output and not any(out.iterdir() if out.exists() else [])
+
+
+def test_a_runtime_restricts_the_formats_and_the_space(runtime_model, tmp_path):
+    """On the E4B-shaped model llama.cpp loads: the search for llama.cpp proposes only slices
+    that pass its rules, formats included; transformers is never said to run a block format."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(runtime_model), "--out", str(out), "--max-bytes", "6MB",
+                                 "--formats", "q8_0,q4_0", "--format-genes", "layer", "--runtime", "llama.cpp",
+                                 "--max-evals", "70",
+                                 "--window", "32", "--calibration-tokens", "64", "--calibration",
+                                 str(_calibration_file(tmp_path)), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    facts = facts_from_checkpoint(runtime_model)
+    frontier = [out / entry["file"] for entry in summary["frontier"]]
+    assert frontier and all(not problems for problems in
+                            check_config_files(frontier, facts, runtime="llama.cpp").values())
+    for entry in summary["frontier"]:
+        assert "llama.cpp" in entry["runs_in"] and "transformers" not in entry["runs_in"]
+        assert len(set(entry["ffn_widths"])) == 1  # llama.cpp builds every layer at one width
+    journal = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    named = {fmt for record in journal for fmt in json.dumps(record["weight_formats"]).split('"') if fmt in FORMATS}
+    assert named <= {"q8_0", "q4_0"}
+
+
+def test_group_genes_give_attention_and_ffn_their_own_formats():
+    from matlab.search.space import SearchSpace
+
+    facts = facts_from_checkpoint(NANO)
+    loaded = load_model(NANO)
+    space = SearchSpace(facts, inventory_from_checkpoint(NANO), loaded, None, None, FORMATS_SEARCHED, "group")
+    genes = dict(space.full_genes)
+    assert genes["format_attention_3"] == genes["format_ffn_3"] == "q8_0"
+    genes.update(format_attention_3="q4_0", format_ffn_4="q5_0", format_ple="q4_0")
+    layers = space.decode(genes).weight_formats.for_layers(range(facts.num_layers))
+    assert (layers[3].attention, layers[3].ffn, layers[4].attention, layers[4].ffn) == ("q4_0", "q8_0", "q8_0", "q5_0")
+    assert space.narrower("format_ffn_0", "q8_0") == "q5_0" and space.narrower("format_ffn_0", "q4_0") is None
+    smallest = space.smallest()
+    assert smallest.weight_formats.per_layer_embeddings == "q4_0" and smallest.weight_bytes < space.decode(
+        space.full_genes).weight_bytes
+
+
+def _calibration_file(tmp_path):
+    path = tmp_path / "calibration.txt"
+    path.write_text(" ".join(f"word{n % 37} and more text number {n}." for n in range(400)))
+    return path
