@@ -114,3 +114,41 @@ def test_missing_llama_cpp_names_the_install_command(tmp_path, slice_dir, monkey
     monkeypatch.setenv(ROOT_VARIABLE, str(tmp_path / "empty"))
     result = _export(str(slice_dir), "--out", str(tmp_path / "model.gguf"))
     assert result.exit_code != 0 and "matformer runtimes install llama.cpp" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("text_only", [False, True])
+def test_a_slices_recorded_formats_are_the_formats_its_config_counted(tiny_multimodal, tmp_path, text_only):
+    """`export --type formats` types each tensor of the slice by the weight formats its
+    provenance records, re-read on the slice's renumbered layers: the bytes equal what `params`
+    counted on the source for the same config (layers named by base index, some skipped)."""
+    from matlab.conformance.gguf import FORMATS_TYPE, default_type, recorded_tensor_formats
+
+    config = tmp_path / "q.yaml"
+    config.write_text("name: q\nlayers_skipped: [2, 11]\nffn_widths: 128\nweight_formats:\n  default: q8_0\n"
+                      "  embeddings: q4_0\n  layers: {3: {ffn: q5_0}, 12: q4_1}\n")
+    out = tmp_path / "slice"
+    sliced = cli.invoke(app, ["slice", str(tiny_multimodal), "--config", str(config), "--out", str(out),
+                              *(["--text-only"] if text_only else [])])
+    assert sliced.exit_code == 0, sliced.output
+    counted = json.loads((out / "matformer_provenance.json").read_text())["params"]["format_bytes"]
+    tensors = recorded_tensor_formats(out)
+    assert sum(tensor.nbytes for tensor in tensors) == counted
+    by_name = {tensor.name.replace("language_model.", ""): tensor.format for tensor in tensors}
+    # Base layer 3 is the slice's layer 2 (layer 2 skipped); base 12 is its 10.
+    assert by_name["model.layers.2.mlp.up_proj.weight"] == "q5_0"
+    assert by_name["model.layers.2.self_attn.q_proj.weight"] == "q8_0"
+    assert by_name["model.layers.10.self_attn.o_proj.weight"] == by_name["model.layers.10.mlp.gate_proj.weight"] == "q4_1"
+    assert by_name["model.embed_tokens.weight"] == "q4_0"
+    assert default_type(out) == FORMATS_TYPE
+
+
+def test_formats_without_recorded_formats_is_one_line(fake_llama_cpp, tiny_text, tmp_path):
+    out = tmp_path / "slice"
+    config = tmp_path / "plain.yaml"
+    config.write_text("name: plain\nffn_widths: 128\n")
+    assert cli.invoke(app, ["slice", str(tiny_text), "--config", str(config), "--out", str(out)]).exit_code == 0
+    result = _export(str(out), "--out", str(tmp_path / "m.gguf"), "--type", "formats")
+    assert result.exit_code == 2 and "its slice config names no weight_formats" in result.stderr
+    assert not (tmp_path / "m.gguf").exists()
+    default = _export(str(out), "--out", str(tmp_path / "m.gguf"))  # no formats recorded: f16, as before
+    assert default.exit_code == 0 and json.loads((tmp_path / "m.gguf").read_bytes()[4:])["type"] == "f16"

@@ -40,7 +40,8 @@ def list_runtimes() -> None:
 def conform(model: Annotated[Path, typer.Argument(help="A slice directory written by `matformer slice`.")],
             runtime: Annotated[str, typer.Option(help="llama.cpp, vllm, mlx-lm, mlx-vlm or transformers.")],
             weight_type: Annotated[Optional[str], typer.Option(
-                "--type", help="llama.cpp only: GGUF weight type (f32, f16, bf16, q8_0, q4_0, q4_k_m, ...).")] = None,
+                "--type", help="llama.cpp only: GGUF weight type (f32, f16, bf16, q8_0, q4_0, q4_k_m, ..., or "
+                               "formats: a type per tensor from the slice config's weight_formats).")] = None,
             tokens: Annotated[int, typer.Option(min=2, max=4096, help="Tokens compared.")] = 64,
             tolerance: Annotated[Optional[float], typer.Option(
                 help="Largest log-prob difference still called 'runs' (default: by weight type).")] = None,
@@ -66,17 +67,19 @@ def conform(model: Annotated[Path, typer.Argument(help="A slice directory writte
 def export(model: Annotated[Path, typer.Argument(help="A slice directory written by `matformer slice`.")],
            out: Annotated[Path, typer.Option("--out", help="The GGUF file to write.")],
            export_format: Annotated[str, typer.Option("--format", help="Only gguf.")] = "gguf",
-           weight_type: Annotated[str, typer.Option(
-               "--type", help="f32, f16, bf16, q8_0 (llama.cpp's converter) or q4_0, q4_k_m, q5_k_m, q6_k "
-                              "(its quantizer).")] = "f16",
+           weight_type: Annotated[Optional[str], typer.Option(
+               "--type", help="formats (a type per tensor, from the slice config's weight_formats: the default "
+                              "where it names them, else f16), f32, f16, bf16, q8_0 (llama.cpp's converter) or "
+                              "q4_0, q4_k_m, q5_k_m, q6_k (its quantizer).")] = None,
            force: ForceOpt = False) -> None:
     """Write a slice as GGUF with llama.cpp's own converter (needs `matformer runtimes install llama.cpp`)."""
-    from matlab.conformance.gguf import export_gguf
+    from matlab.conformance.gguf import default_type, export_gguf
     from matlab.errors import InputError
 
     with reported_errors(), console.status(f"converting {model} with llama.cpp's converter"):
         if export_format != "gguf":
             raise InputError(f"--format {export_format}: only gguf can be exported")
+        weight_type = weight_type or default_type(model)
         written = export_gguf(model, out, weight_type, force)
     say(f"wrote {written} ({weight_type}, {written.stat().st_size:,} bytes); check it with "
         f"`matformer conform {model} --runtime llama.cpp --type {weight_type}`")

@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from matlab.conformance.envs import ENVS, RUNNERS, installed_versions, interpreter
-from matlab.conformance.gguf import ConversionError, check_gguf_type, convert_to_gguf, last_error_line
+from matlab.conformance.gguf import (
+    FORMATS_TYPE,
+    ConversionError,
+    check_gguf_type,
+    convert_to_gguf,
+    last_error_line,
+    recorded_tensor_formats,
+)
 from matlab.errors import CheckpointError, InputError, MatformerError
 
 RUNS, ANOTHER_MODEL, REFUSES, CRASHES = "runs", "computes another model", "refuses to load", "crashes"
@@ -28,8 +35,8 @@ CONFORMANCE_RUNTIMES = ("transformers", "llama.cpp", "vllm", "mlx-lm", "mlx-vlm"
 # precision the runtime computes in. Measured (reports/runtimes.md): right answers differ by
 # <= 1e-5 (vLLM, mlx-lm in f32), 0.002-0.010 (llama.cpp f32, whose sparsity std divides by
 # n-1), 0.03-0.05 (Q8_0), ~0.1 (Q4_K_M), 0.04-0.08 (mlx in bf16); wrong ones by 1.3 to 5.
-TOLERANCE = {"f32": 0.05, "f16": 0.1, "bf16": 0.25, "q8_0": 0.15, "q6_k": 0.3, "q5_k_m": 0.4, "q4_k_m": 0.6,
-             "q4_0": 0.8}
+TOLERANCE = {"f32": 0.05, "f16": 0.1, "bf16": 0.25, "q8_0": 0.15, "q6_k": 0.3, "q5_k_m": 0.4, "q5_1": 0.5,
+             "q5_0": 0.5, "q4_k_m": 0.6, "q4_1": 0.8, "q4_0": 0.8}
 DTYPE_TYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
@@ -123,7 +130,7 @@ def conform(model: Path, runtime: str, *, weight_type: str | None = None, count:
                          "checkpoint as stored")
     config = _read_config(model)
     weight_type = weight_type or stored_type(config)
-    limit = tolerance if tolerance is not None else TOLERANCE[weight_type]
+    limit = tolerance if tolerance is not None else type_tolerance(model, weight_type)
     tokens = sample_tokens(model, config, count, seed)
     with tempfile.TemporaryDirectory(prefix="matformer-conform-") as scratch:
         work = Path(scratch)
@@ -205,6 +212,13 @@ def _compare(runtime: str, model: Path, weight_type: str, outcome: _Outcome, exp
                f"loads, but its log-probs differ from transformers' by up to {largest:.3g} (tolerance {limit:g})")
     return Conformance(runtime, str(outcome.result.get("version", "?")), str(model), weight_type, verdict, message,
                        largest, agree, len(got), limit, str(expected.result.get("version", "?")))
+
+
+def type_tolerance(model: Path, weight_type: str) -> float:
+    """The tolerance of a weight type; for a type per tensor (`formats`), the loosest of those used."""
+    if weight_type != FORMATS_TYPE:
+        return TOLERANCE[weight_type]
+    return max(TOLERANCE[tensor.format] for tensor in recorded_tensor_formats(model) if len(tensor.shape) > 1)
 
 
 def _installed_version(runtime: str) -> str:
