@@ -25,7 +25,7 @@ from matlab.architecture import facts_from_checkpoint
 from matlab.errors import InputError
 from matlab.io.reader import CheckpointFiles
 from matlab.io.staging import staged_output
-from matlab.plan import SlicePlan
+from matlab.plan import SlicePlan, TensorSpec
 from matlab.slice_config import SliceConfig
 
 if TYPE_CHECKING:  # torch is imported where an adapter is cut: slicing without one never loads it
@@ -91,11 +91,30 @@ def _base_module(key: str, adapter: Path) -> tuple[str, str]:
                      "only those can be sliced")
 
 
+def lora_tensor_spec(weight: TensorSpec, name: str, target: str, shape: tuple[int, ...], suffix: str) -> TensorSpec:
+    """How the LoRA tensor `name` (A or B by `suffix`) on a weight W is cut where the slicer cuts W
+    by `weight`: A (r x in) meets W's columns and keeps the kept ones, B (out x r) keeps W's kept rows."""
+    if suffix.startswith(".lora_A"):
+        return TensorSpec(name, target, shape, cols=weight.cols)
+    return TensorSpec(name, target, shape, rows=weight.rows)
+
+
+def cut_tensor(tensor: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """The kept rows and columns of `tensor`: a view where each axis keeps one range (so that
+    gradients of a view reach the tensor, `matlab.training`), else a copy."""
+    import torch
+
+    for axis, ranges in ((0, spec.rows), (1, spec.cols)):
+        if ranges is not None:
+            pieces = [tensor.narrow(axis, start, stop - start) for start, stop in ranges]
+            tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=axis)
+    return tensor
+
+
 def plan_adapter_tensors(adapter: Path, base: CheckpointFiles, plan: SlicePlan, text_only: bool,
                          ) -> tuple[dict[str, torch.Tensor], int]:
     """The sliced adapter's tensors (PEFT names of the sliced model) and how many were dropped,
     checked against the base: every LoRA pair must sit on a 2-D weight of it of matching size."""
-    import torch
     from safetensors import SafetensorError, safe_open
 
     weights = adapter / ADAPTER_WEIGHTS
@@ -121,11 +140,9 @@ def plan_adapter_tensors(adapter: Path, base: CheckpointFiles, plan: SlicePlan, 
                 if spec is None:
                     dropped += 1
                     continue
-                if side == 1 and spec.cols is not None:
-                    tensor = torch.cat([tensor[:, a:b] for a, b in spec.cols], dim=1)
-                if side == 0 and spec.rows is not None:
-                    tensor = torch.cat([tensor[a:b] for a, b in spec.rows], dim=0)
-                sliced[PEFT_PREFIX + spec.target.removesuffix(".weight") + suffix] = tensor.contiguous()
+                lora = lora_tensor_spec(spec, key, PEFT_PREFIX + spec.target.removesuffix(".weight") + suffix,
+                                        tuple(tensor.shape), suffix)
+                sliced[lora.target] = cut_tensor(tensor, lora).contiguous()
     except SafetensorError as error:
         raise InputError(f"{weights}: not a valid safetensors file ({error})") from error
     if not sliced:
