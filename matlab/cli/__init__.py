@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from matlab.cli import bench, evaluation, running, runtimes, search, slicing
+from matlab.cli import bench, evaluation, running, runtimes, search, slicing, training
 from matlab.cli.common import GuardedGroup, silence_library_bars
 
 app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
@@ -20,6 +20,7 @@ running.register(app)
 evaluation.register(app)
 search.register(app)
 runtimes.register(app)
+training.register(app)
 app.add_typer(bench.bench_app, name="bench")
 
 __all__ = ["app"]

@@ -14,15 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call
 from transformers import Gemma3nForCausalLM
 
-from matlab.core.elastic import build_submodel, parameter_views
 from matlab.nano.model import FFN, nano_config, nano_facts, nested_e2b, random_mix_n_match
 from matlab.nano.tokenizer import build_tokenizer
 from matlab.nano.world import World, document, make_world
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
+from matlab.training.nested import submodel_outputs
 
 GRANULARITIES = ("full", "nano-E2B", "mix")
 
@@ -82,10 +81,7 @@ def submodel_loss(model: Gemma3nForCausalLM, plan: SlicePlan | None, input_ids: 
     gradients flowing into the full model's parameters."""
     if plan is None:
         return model(input_ids=input_ids, labels=input_ids).loss
-    skeleton = build_submodel(model, plan)
-    views, _ = parameter_views(model, plan)
-    return functional_call(skeleton, views, args=(), kwargs={"input_ids": input_ids, "labels": input_ids},
-                           strict=False).loss
+    return submodel_outputs(model, plan, input_ids=input_ids, labels=input_ids).loss
 
 
 def train_nano(settings: TrainSettings, progress: Progress = NO_PROGRESS,

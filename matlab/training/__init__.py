@@ -1,0 +1,1 @@
+"""Training on top of the elastic core: nested LoRA fine-tuning and healing a slice by distillation."""
