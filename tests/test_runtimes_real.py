@@ -95,3 +95,20 @@ def test_slice_runtime_llama_cpp_then_conform_cli_agree(runtime_model, tmp_path)
     slice_checkpoint(runtime_model, config, tmp_path / "slice", text_only=True, runtime="llama.cpp")
     result = conform(tmp_path / "slice", "llama.cpp", weight_type="q8_0")
     assert result.verdict == RUNS, result.line()
+
+
+@LLAMA_CPP
+@pytest.mark.parametrize("case", ["unsliced-q4_0", "mixed-per-layer", "all-q4_0-skips"])
+def test_llama_cpp_kl_at_weight_formats_equals_ours(runtime_model, tmp_path, case):
+    """The KL our evaluation gives a slice at its weight formats is llama.cpp's on the exported
+    GGUF (a type per tensor): measured within 2.4e-5 on KLs of 2e-5 to 0.016 (reports/benchmarks.md)."""
+    from matlab.architecture import facts_from_checkpoint
+    from matlab.bench.formats_kl import format_cases
+    from matlab.conformance.kl import compare_kl
+
+    config, = [config for config in format_cases(facts_from_checkpoint(runtime_model)) if config.name == case]
+    result = compare_kl(runtime_model, config, tmp_path)
+    assert result.counted_bytes == result.file_tensor_bytes  # what the search budgets is what the file holds
+    assert abs(result.difference) <= 1e-4, result.as_dict()
+    assert result.ours - result.unquantized > 10 * abs(result.difference)  # the formats' cost is what is compared
+    assert abs(result.top1_ours - result.top1_llama_cpp) <= 2

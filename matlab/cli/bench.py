@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -270,3 +270,32 @@ def bench_runtimes_command(
     say(f"wrote {out}: {len(rows)} runs, {len(wrong)} disagreeing with the rules")
     if wrong:
         raise typer.Exit(1)
+
+
+@bench_app.command("formats-kl")
+def bench_formats_kl_command(checkpoint: Annotated[Optional[Path], typer.Option(
+                                 "--checkpoint", help="A base llama.cpp loads (default: the E4B-shaped runtime test "
+                                                      "model, built here).")] = None,
+                             tokens: Annotated[int, typer.Option(min=2, max=4096, help="Tokens compared.")] = 64,
+                             as_json: JsonOpt = False) -> None:
+    """Our KL of slices at their weight formats against llama.cpp's on the exported GGUF files."""
+    from matlab.bench.formats_kl import bench_formats_kl
+    from matlab.cli.common import RichProgress
+
+    with reported_errors(), RichProgress() as progress:
+        results, base = bench_formats_kl(checkpoint, tokens, progress)
+    if as_json:
+        console.print_json(json.dumps({"base": base, "results": [result.as_dict() for result in results]}))
+        return
+    table = Table("slice", "formats", "KL ours", "KL llama.cpp", "llama.cpp - ours", "KL without formats",
+                  "top-1 ours / llama.cpp", "GGUF tensor bytes (counted = file)", "file bytes",
+                  title=shown(f"KL to the full float32 model over {results[0].positions if results else 0} tokens, "
+                              f"on {base}"))
+    for result in results:
+        table.add_row(shown(result.config), result.formats, f"{result.ours:.5f}", f"{result.llama_cpp:.5f}",
+                      f"{result.difference:+.5f}", f"{result.unquantized:.5f}",
+                      f"{result.top1_ours} / {result.top1_llama_cpp}",
+                      f"{result.counted_bytes:,} {'=' if result.counted_bytes == result.file_tensor_bytes else '!='} "
+                      f"{result.file_tensor_bytes:,}", f"{result.file_bytes:,}")
+    console.print(table)
+

@@ -151,6 +151,17 @@ def conform(model: Path, runtime: str, *, weight_type: str | None = None, count:
     return _compare(runtime, model, weight_type, outcome, expected, limit)
 
 
+def runtime_distributions(runner: Runner, model: Path, tokens: list[int], vocab: int, work: Path,
+                          timeout: float = 1800) -> list[dict[int, float]]:
+    """The runtime's next-token log-probs at every position, over the whole vocabulary (its
+    runner asked for `vocab` top tokens); MatformerError with its own words where it fails."""
+    outcome = _run(runner, model, tokens, vocab, work, timeout)
+    if "top" not in outcome.result:
+        failure = _failure(runner.runtime, model, "", outcome)
+        raise MatformerError(f"{runner.runtime} {failure.verdict} on {model}: {failure.message}")
+    return [{int(token): float(logprob) for token, logprob in position} for position in outcome.result["top"]]
+
+
 @dataclass(frozen=True)
 class _Outcome:
     returncode: int
