@@ -89,3 +89,18 @@ def test_each_weight_is_quantized_once_and_narrower_ffns_are_views(tiny_text, sa
     # blocks that split layers (15 layers: rows of 120 fall back to f16).
     assert spent.keys() == cache.seconds.keys() and sum(cache.seconds.values()) > sum(spent.values())
     assert set(key[0] for key in cache._cut) == {"model.embed_tokens_per_layer.weight"}
+
+
+def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, monkeypatch):
+    import matlab.core.quantized as quantized
+    from matlab.core.quantized import FormatCache
+
+    loaded = load_model(tiny_text)
+    name = "model.embed_tokens_per_layer.weight"  # 384 x 120: rows of 120, f16 and bf16 take any row
+    whole = FormatCache(loaded.model).whole(name, "f16")
+    monkeypatch.setattr(quantized, "CHUNK_ELEMENTS", 1000)  # 8 rows at a time
+    chunked = FormatCache(loaded.model).whole(name, "f16")
+    assert torch.equal(whole, chunked) and not torch.equal(whole, loaded.model.get_parameter(name))
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(FormatCache(loaded.model).whole(down, "q4_0"),
+                       _gguf_round_trip(loaded.model.get_parameter(down), "q4_0"))

@@ -299,3 +299,63 @@ def bench_formats_kl_command(checkpoint: Annotated[Optional[Path], typer.Option(
                       f"{result.file_tensor_bytes:,}", f"{result.file_bytes:,}")
     console.print(table)
 
+
+@bench_app.command("formats-search")
+def bench_formats_search_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
+        fractions: Annotated[str, typer.Option(help="Byte budgets as shares of the full model's bf16 GGUF bytes.")
+                             ] = "0.35,0.6",
+        formats: Annotated[str, typer.Option(help="Formats of the mixed search.")] = "q8_0,q5_0,q4_0",
+        suite: SuiteOpt = "nano",
+        work_dir: Annotated[Path, typer.Option(help="Scratch space (searches, sweeps).")] = Path("bench-formats"),
+        max_evals: Annotated[int, typer.Option(min=1)] = 150, seed: int = 0, limit: LimitOpt = None,
+        as_json: JsonOpt = False) -> None:
+    """Widths, skips and formats searched together against slicing in bf16 and quantizing after."""
+    from matlab.bench.formats_bench import bench_formats_search
+    from matlab.bundled import resolve_suite
+    from matlab.cli.common import RichProgress, quiet_evaluation
+
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        result = bench_formats_search(checkpoint, [float(part) for part in fractions.split(",")],
+                                      tuple(part.strip() for part in formats.split(",")), resolve_suite(suite),
+                                      work_dir, max_evals=max_evals, seed=seed, limit=limit, progress=progress)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    for tag, budget in result["budgets"].items():
+        configs = budget["configs"]
+        tasks = sorted({key for config in configs.values() for key in config if ":" in key})
+        table = Table("slice", "GGUF bytes", "KL", "skipped", "widths", "formats", *tasks,
+                      title=f"budget {budget['budget_bytes']:,} bytes ({tag} of the full model's bf16 file)")
+        for stem, config in configs.items():
+            table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.4f}", str(config["layers_skipped"]),
+                          str(config["ffn_widths"]), shown(config["weight_formats"] or ""),
+                          *(f"{config[task]:.4f}" for task in tasks))
+        console.print(table)
+    for name, search in result["searches"].items():
+        say(f"{name}: {search['candidates_per_minute']} candidates/minute, {search['evaluated']} evaluated, "
+            f"best KL {search['best_value']}, quantize {search['quantize_seconds']}")
+
+
+@bench_app.command("quantize")
+def bench_quantize_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Checkpoint directory, or nano.")] = "nano",
+        formats: Annotated[str, typer.Option(help="Formats, comma-separated.")] = "q8_0,q5_0,q4_0",
+        as_json: JsonOpt = False) -> None:
+    """The one-time cost of `search --formats`: every text weight through each format and back."""
+    from matlab.bench.quantize_bench import bench_quantize, numpy_threads_note
+    from matlab.cli.common import RichProgress
+
+    with reported_errors(), RichProgress() as progress:
+        result = bench_quantize(checkpoint, tuple(part.strip() for part in formats.split(",")), progress)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("format", "seconds", "M elements", "M elements/s",
+                  title=shown(f"{result['tensors']} text weights of {checkpoint} (read in {result['read_seconds']} s)"))
+    for fmt, numbers in result["formats"].items():
+        table.add_row(fmt, f"{numbers['seconds']:.2f}", f"{numbers['elements'] / 1e6:,.1f}",
+                      f"{numbers['million_elements_per_second']:.1f}")
+    console.print(table)
+    say(numpy_threads_note())
+

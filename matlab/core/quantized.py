@@ -30,6 +30,8 @@ from matlab.formats import block_size, round_trip
 from matlab.plan import Ranges, SlicePlan, TensorSpec
 from matlab.tensor_formats import TensorFormat, layer_formats, tensor_format
 
+CHUNK_ELEMENTS = 1 << 24  # rows round-tripped at a time: 64 MB of float32
+
 # The format in which a run dtype holds its values exactly: that format's round trip is the identity.
 _EXACT = {torch.float32: ("f32",), torch.bfloat16: ("bf16", "f32"), torch.float16: ("f16", "f32")}
 
@@ -44,9 +46,15 @@ class FormatCache:
         self.seconds: Counter[str] = Counter()  # quantizing (and back), per format
 
     def _round_trip(self, values: torch.Tensor, fmt: str) -> torch.Tensor:
+        """`values` through `fmt` and back, in the run's dtype and device. Rows quantize
+        independently, so a large table goes through in chunks of rows: memory is the result
+        plus one chunk (E4B's per-layer table is 2.3G elements)."""
         started = time.perf_counter()
-        array = values.detach().to("cpu", torch.float32).numpy()
-        result = torch.from_numpy(np.ascontiguousarray(round_trip(array, fmt))).to(values.device, values.dtype)
+        result = torch.empty_like(values, device=values.device)
+        rows = max(1, CHUNK_ELEMENTS // max(values.shape[-1], 1)) if values.ndim > 1 else len(values)
+        for start in range(0, max(len(values), 1), rows):
+            chunk = values[start:start + rows].detach().to("cpu", torch.float32).numpy()
+            result[start:start + rows] = torch.from_numpy(np.ascontiguousarray(round_trip(chunk, fmt)))
         self.seconds[fmt] += time.perf_counter() - started
         return result
 

@@ -129,7 +129,7 @@ def results_table(context: ReportContext) -> dict:
 def configs_table(context: ReportContext) -> dict:
     """What each config keeps: its file, layers, FFN widths, parameters and stated figures."""
     headers = ["file", "layers kept", "skipped", "FFN widths", "effective params", "PLE params", "weight bytes",
-               "stated effective (B)", "stated MMLU"]
+               "weight formats (GGUF)", "stated effective (B)", "stated MMLU"]
     rows = []
     for config in context.configs.to_dict("records"):
         widths = ", ".join(f"{w}x{n}" if n > 1 else str(w) for w, n in width_runs(config["ffn_widths"]))
@@ -139,8 +139,9 @@ def configs_table(context: ReportContext) -> dict:
             shown_path(config.get("config_file") or "", context.run_dir), str(config["kept_layers"]),
             str(config["layers_skipped"]), widths, f"{config['effective_params']:,}",
             "" if ple is None else f"{int(ple):,}", f"{config['weight_bytes']:,}",
+            stated_or_none(config.get("weight_formats")) or "",
             *("" if value is None else str(value) for value in stated)]})
-    return _drop_empty({"headers": headers, "classes": ["name", "", "name wrap", "name wrap", *[""] * 5],
+    return _drop_empty({"headers": headers, "classes": ["name", "", "name wrap", "name wrap", *[""] * 6],
                         "rows": rows})
 
 

@@ -1,0 +1,151 @@
+"""Searching widths, skips and weight formats together, against slicing first and quantizing after.
+
+At each byte budget (a share of the full model's bytes as a bf16 GGUF file), the best slice of
+`search --formats` is scored on the suite beside:
+(a) the best bf16-only slice that fits (`search --formats bf16`);
+(b) for each format, the best slice of a bf16 search whose budget is this one over the format's
+    bytes per weight, quantized uniformly to that format: the frontier's best (by its bf16
+    objective, as a user slicing first would pick) that fits at that format;
+(c) uniform width and uniform format: one FFN width in every layer, no skips, one format
+    everywhere; the widest width that fits for each format, the best of them by the objective.
+Every search runs with the same evaluations, calibration and seed, and the mixed search with a
+format per layer and tensor group and with one per layer (which one the default should be is
+decided here). Candidates per minute of each search come from its own summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matlab.accounting import count_parameters
+from matlab.architecture import facts_from_checkpoint
+from matlab.core.elastic import build_submodel
+from matlab.core.loading import load_model
+from matlab.core.quantized import formatted_weights
+from matlab.core.submodel import format_cache
+from matlab.formats import block_shape, check_format
+from matlab.harness.results import read_results
+from matlab.harness.suite import load_suite
+from matlab.harness.sweep import SweepSettings, run_sweep
+from matlab.inventory import inventory_from_checkpoint
+from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
+from matlab.resolve import resolve_checkpoint
+from matlab.search.journal import SEARCH_FILE
+from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
+from matlab.search.run import SearchSettings, _calibration_texts, run_search
+from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
+from matlab.weight_formats import WeightFormats
+
+
+def _file_bytes(directory: Path, config: SliceConfig) -> int:
+    facts = facts_from_checkpoint(directory)
+    plan = SlicePlan.build(config, facts, config.name)
+    return count_parameters(inventory_from_checkpoint(directory), facts, plan, text_only=True).format_bytes
+
+
+def _at(config: SliceConfig, fmt: str, name: str) -> SliceConfig:
+    return config.model_copy(update={"name": name, "weight_formats": WeightFormats(default=fmt), "reference": None,
+                                     "description": f"{config.name} at {fmt}"})
+
+
+def _best(run: Path) -> dict | None:
+    return json.loads((run / SEARCH_FILE).read_text(encoding="utf-8"))["best"]
+
+
+def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple[str, ...], suite: Path,
+                         work_dir: Path, max_evals: int = 150, seed: int = 0, window: int = 128,
+                         calibration_tokens: int = 1024, limit: int | None = None,
+                         progress: Progress = NO_PROGRESS) -> dict:
+    directory = resolve_checkpoint(checkpoint)
+    facts = facts_from_checkpoint(directory)
+    full = SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths))
+    full_bf16 = _file_bytes(directory, _at(full, "bf16", "full-bf16"))
+    common = dict(max_evals=max_evals, seed=seed, window=window, calibration_tokens=calibration_tokens)
+    searches: dict[str, dict] = {}
+
+    def search(name: str, **fields) -> Path:
+        out = work_dir / "searches" / name
+        summary = run_search(SearchSettings(checkpoint, out, **common, **fields), progress=progress).summary
+        searches[name] = {"candidates_per_minute": summary["timing"]["candidates_per_minute"],
+                          "evaluated": summary["evaluated"], "seconds": summary["timing"]["seconds"],
+                          "quantize_seconds": summary["timing"].get("quantize_seconds"),
+                          "best_value": summary["best"]["value"] if summary["best"] else None}
+        return out
+
+    loaded = load_model(directory)
+    texts, source = _calibration_texts(SearchSettings(checkpoint, work_dir, **common))
+    calibration = make_calibration(loaded.tokenizer, texts, source, window, calibration_tokens)
+    reference = reference_distributions(loaded.model, calibration, 256)
+    def objective(config: SliceConfig) -> float:
+        plan = SlicePlan.build(config, loaded.facts, config.name)
+        weights = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+        return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
+
+    result: dict = {"checkpoint": checkpoint, "full_bf16_bytes": full_bf16, "formats": list(formats),
+                    "max_evals": max_evals, "seed": seed, "budgets": {}, "searches": searches}
+    for fraction in fractions:
+        budget = int(full_bf16 * fraction)
+        tag = f"{fraction:.2f}"
+        chosen: dict[str, SliceConfig] = {}
+        for genes in ("group", "layer"):
+            run = search(f"{tag}-mixed-{genes}", max_bytes=budget, formats=formats, format_genes=genes)
+            best = _best(run)
+            if best:
+                chosen[f"mixed-{genes}"] = load_slice_config(run / best["file"]).model_copy(
+                    update={"name": f"mixed-{genes}"})
+        if fraction == fractions[0]:  # speed without formats at all (float32, as the others), after a warm-up
+            search(f"{tag}-plain-float32", max_bytes=int(2 * budget))
+        run = search(f"{tag}-bf16", max_bytes=budget, formats=("bf16",))
+        if (best := _best(run)) is not None:
+            chosen["bf16-only"] = load_slice_config(run / best["file"]).model_copy(update={"name": "bf16-only"})
+        for fmt in formats:
+            elements, nbytes = block_shape(check_format(fmt))
+            ratio = (nbytes / elements) / 2  # bytes per weight against bf16's 2
+            run = search(f"{tag}-bf16-for-{fmt}", max_bytes=int(budget / ratio), formats=("bf16",))
+            fitting = []
+            for path in sorted((run / "frontier").glob("*.yaml")):
+                config = load_slice_config(path)
+                quantized = _at(config, fmt, f"bf16-search-then-{fmt}")
+                if _file_bytes(directory, quantized) <= budget:
+                    fitting.append((config.reference.measured["kl"], quantized))
+            if fitting:
+                chosen[f"bf16-search-then-{fmt}"] = min(fitting, key=lambda item: item[0])[1]
+        uniform = []
+        for fmt in formats:
+            for width in range(max(facts.ffn_widths), 0, -block_shape(fmt)[0]):
+                config = SliceConfig(name=f"uniform-{width}-{fmt}", ffn_widths=width,
+                                     weight_formats=WeightFormats(default=fmt))
+                if _file_bytes(directory, config) <= budget:
+                    uniform.append((objective(config), config))
+                    break
+        if uniform:
+            chosen["uniform-width-and-format"] = min(uniform, key=lambda item: item[0])[1]
+        result["budgets"][tag] = _score(checkpoint, directory, chosen, budget, objective, suite,
+                                        work_dir / "suite" / tag, limit, progress)
+    return result
+
+
+def _score(checkpoint: str, directory: Path, chosen: dict[str, SliceConfig], budget: int, objective, suite: Path,
+           run_dir: Path, limit: int | None, progress: Progress) -> dict:
+    """Each chosen config's bytes, objective and suite scores (at its formats)."""
+    folder = run_dir.parent / f"{run_dir.name}-configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, config in chosen.items():
+        (folder / f"{stem}.yaml").write_text(dump_slice_config(config.model_copy(update={"name": stem})),
+                                             encoding="utf-8")
+    run_sweep(checkpoint, sorted(folder.glob("*.yaml")), run_dir,
+              SweepSettings(load_suite(suite), limit=limit, latency_rounds=1), progress=progress)
+    frame = read_results(run_dir)
+    scored = {"budget_bytes": budget, "configs": {}}
+    for stem, config in chosen.items():
+        rows = frame[frame["config_file"].str.endswith(f"/{stem}.yaml")]
+        scored["configs"][stem] = {
+            "bytes": _file_bytes(directory, config), "kl": objective(config),
+            "effective_params": int(rows["effective_params"].iloc[0]),
+            "layers_skipped": list(config.layers_skipped), "ffn_widths": sorted(set(rows["ffn_widths"].iloc[0])),
+            "weight_formats": rows["weight_formats"].iloc[0],
+            **{f"{task}:{metric}": float(value) for task, metric, value in zip(rows["task"], rows["metric"],
+                                                                               rows["value"])}}
+    return scored
