@@ -179,6 +179,23 @@ def cut_adapter(adapter: Path, base: CheckpointFiles, plan: SlicePlan, *, text_o
     return SlicedAdapter(config, tensors, dropped)
 
 
+def adapter_identity(adapter: Path) -> dict:
+    """What a run records of the adapter it merged: its folder and its weights' and config's SHA-256."""
+    import hashlib
+
+    adapter = Path(adapter)
+    read_adapter_config(adapter)  # an adapter the slicer cannot cut is refused before any run starts
+    digest = hashlib.sha256()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        path = adapter / name
+        if not path.is_file():
+            raise InputError(f"--adapter {adapter}: no {name}; pass a folder saved by PEFT's save_pretrained")
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return {"path": str(adapter), "sha256": digest.hexdigest()}
+
+
 def slice_adapter(adapter: Path, base: Path, config: SliceConfig, out: Path, *, text_only: bool = False,
                   force: bool = False, config_source: str = "config", sliced_model: str | None = None) -> AdapterSlice:
     """Write the slice `config` of the LoRA adapter at `adapter`, trained on checkpoint `base`,

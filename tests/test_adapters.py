@@ -183,3 +183,38 @@ def test_elastic_run_with_adapter_equals_sliced_checkpoint_with_sliced_adapter(t
         expected, got, without = (model(input_ids=sample_ids).logits for model in (deployed, elastic, plain))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (without - expected).abs().max() > 1e-2  # the adapter changed the model
+
+
+def test_sweep_and_eval_take_an_adapter_elastic_equals_materialized(tiny_text, text_adapter, tmp_path):
+    """`sweep --adapter` evaluates slices of the fine-tuned model: the elastic run's scores equal
+    the materialized run's (each slice written with its sliced adapter) and `eval --adapter`'s,
+    and the run records the adapter in its identity (the adapter changing the model is shown by
+    the elastic test above)."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from matlab.cli import app
+
+    config = tmp_path / "s.yaml"
+    config.write_text("name: s\nlayers_skipped: [11]\nffn_widths: 128\n")
+    common = ["--configs", str(config), "--suite", "nano", "--limit", "4", "--latency-rounds", "1"]
+    runs = {}
+    for name, extra in {"elastic": ["--adapter", str(text_adapter)],
+                        "materialized": ["--adapter", str(text_adapter), "--materialize"]}.items():
+        result = CliRunner().invoke(app, ["sweep", str(tiny_text), "--out", str(tmp_path / name), *common, *extra])
+        assert result.exit_code == 0, result.output
+        runs[name] = pd.read_json(tmp_path / name / "results.jsonl", lines=True).sort_values(["task", "metric"])
+    assert list(runs["elastic"]["value"]) == pytest.approx(list(runs["materialized"]["value"]), rel=1e-4)
+    identity = json.loads((tmp_path / "elastic" / "run.json").read_text())["identity"]
+    assert identity["adapter"]["path"] == str(text_adapter) and len(identity["adapter"]["sha256"]) == 64
+    again = CliRunner().invoke(app, ["sweep", str(tiny_text), "--out", str(tmp_path / "elastic"), *common])
+    assert again.exit_code != 0 and "adapter" in again.stderr  # another identity: refused, nothing mixed
+
+    evaluated = CliRunner().invoke(app, ["eval", str(tiny_text), "--suite", "nano", "--limit", "4", "--config",
+                                         str(config), "--adapter", str(text_adapter), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = {(s["task"], s["metric"]): s["value"] for s in json.loads(evaluated.stdout)["scores"]}
+    for row in runs["elastic"].itertuples():
+        assert scores[(row.task, row.metric)] == pytest.approx(row.value, rel=1e-6)

@@ -55,6 +55,9 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads-per-worker", min=1, help="CPU threads (and Ray CPUs) per worker (default: this machine's cores shared "
                                         "out when Ray starts here, else 1).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
+AdapterOpt = Annotated[Optional[Path], typer.Option(
+    "--adapter", help="A PEFT LoRA adapter trained on the checkpoint, merged before slices are taken (each slice is "
+                      "the slice of the fine-tuned model).")]
 
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that can

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from matlab.cli.common import (
+    AdapterOpt,
     BosOpt,
     ConfigOpt,
     DeviceOpt,
@@ -36,7 +37,8 @@ from matlab.cli.running import load_submodel
 
 def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
                  suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None, bos_policy: BosOpt = "lm-eval",
-                 device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", as_json: JsonOpt = False) -> None:
+                 adapter: AdapterOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+                 as_json: JsonOpt = False) -> None:
     """Evaluate one model (or one elastic slice) on a suite."""
     from matlab.bundled import resolve_suite
     from matlab.harness.evaluate import evaluate_submodel
@@ -47,7 +49,7 @@ def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint dire
     with reported_errors(), quiet_evaluation():
         loaded_suite = load_suite(resolve_suite(suite))
         require_datasets(loaded_suite)
-        submodel = load_submodel(checkpoint, config, device, dtype)
+        submodel = load_submodel(checkpoint, config, device, dtype, adapter=adapter)
         scores = evaluate_submodel(submodel, loaded_suite, limit=limit, bos_policy=check_bos_policy(bos_policy))
     if as_json:
         console.print_json(json.dumps({"model": checkpoint, "config": submodel.name, "suite": loaded_suite.name,
@@ -68,8 +70,8 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           materialize: Annotated[bool, typer.Option(help="Slice each config to disk instead of elastic.")] = False,
           bos_policy: BosOpt = "lm-eval",
           latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
-          workers: WorkersOpt = None, ray_address: RayAddressOpt = None, gpus_per_worker: GpusOpt = None,
-          threads_per_worker: ThreadsOpt = None,
+          adapter: AdapterOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
+          gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None,
           device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
     from matlab.bundled import resolve_suite
@@ -80,7 +82,8 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
     with reported_errors(resumes=out), quiet_evaluation(), RichProgress() as progress:
         paths = config_paths(configs)
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
-                                 dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds)
+                                 dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds,
+                                 adapter=adapter)
         evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress,
                               pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
     say(f"{len(evaluated)} config(s) evaluated, {len(paths) - len(evaluated)} already done; "

@@ -24,14 +24,15 @@ from matlab.cli.common import (
 )
 
 
-def load_submodel(checkpoint: str, config: Path | None, device: str, dtype: str, ple_on_cpu: bool = False):
+def load_submodel(checkpoint: str, config: Path | None, device: str, dtype: str, ple_on_cpu: bool = False,
+                  adapter: Path | None = None):
     """The full model, or the elastic submodel of `config`, with its warnings printed."""
     from matlab.core.loading import load_model
     from matlab.core.submodel import select_submodel
     from matlab.slice_config import load_slice_config
 
     slice_config = load_slice_config(config) if config else None
-    loaded = load_model(checkpoint, device=device, dtype=dtype, ple_on_cpu=ple_on_cpu)
+    loaded = load_model(checkpoint, device=device, dtype=dtype, ple_on_cpu=ple_on_cpu, adapter=adapter)
     submodel = select_submodel(loaded, slice_config, str(config))
     for warning in submodel.warnings:
         warn_line(str(warning))

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from matlab.cli.common import (
+    AdapterOpt,
     DeviceOpt,
     DtypeOpt,
     GpusOpt,
@@ -75,6 +76,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
                help="GGUF weight formats to search with widths and skips, comma-separated (q8_0,q5_0,q4_0; "
                     "f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0); budgets and scores are then those of the "
                     "file at those formats. Needs --max-bytes.")] = None,
+           adapter: AdapterOpt = None,
            format_genes: Annotated[str, typer.Option(
                help="With --formats: a format per layer for its attention and its FFN (group), or one per "
                     "layer (layer).")] = "group",
@@ -100,7 +102,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         checkpoint, out, max_params=_parse(max_params, "--max-params", parse_count),
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
-        formats=_parse(formats, "--formats", _formats), format_genes=format_genes,
+        formats=_parse(formats, "--formats", _formats), format_genes=format_genes, adapter=adapter,
         device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
         strategy=strategy, confirm_limit=limit,
         pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))

@@ -22,6 +22,7 @@ import torch
 
 from matlab import __version__
 from matlab.accounting import count_parameters
+from matlab.adapters import adapter_identity
 from matlab.architecture import facts_from_checkpoint
 from matlab.core.latency import Latency, round_robin_latency
 from matlab.core.loading import LoadedModel, load_model
@@ -55,7 +56,7 @@ from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.runtimes import expected_in, runs_in
 from matlab.slice_config import SliceConfig, load_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicer import ADAPTER_FOLDER, slice_checkpoint
 
 
 class SweepError(MatformerError):
@@ -74,6 +75,7 @@ class SweepSettings:
     latency_prompt_tokens: int = 64
     latency_decode_tokens: int = 16
     latency_rounds: int = 5
+    adapter: Path | None = None  # a PEFT LoRA adapter merged into the full model before its slices are taken
 
 
 # Version of the run directory's layout: results keyed by submodel identity since 2; latency
@@ -85,10 +87,16 @@ LATENCY_FIELDS = ("prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_t
 
 
 def _run_identity(directory: Path, settings: SweepSettings) -> dict:
-    return {"results_format": RESULTS_FORMAT, "checkpoint": checkpoint_identity(directory),
-            "suite": settings.suite.model_dump(mode="json"),
-            "limit": settings.limit, "materialize": settings.materialize, "device": settings.device,
-            "dtype": settings.dtype, "seed": settings.seed, "bos_policy": settings.bos_policy}
+    identity = {"results_format": RESULTS_FORMAT, "checkpoint": checkpoint_identity(directory),
+                "suite": settings.suite.model_dump(mode="json"),
+                "limit": settings.limit, "materialize": settings.materialize, "device": settings.device,
+                "dtype": settings.dtype, "seed": settings.seed, "bos_policy": settings.bos_policy}
+    # Only with an adapter: a run without one, of any version, keeps its identity.
+    return {**identity, "adapter": adapter_identity(settings.adapter)} if settings.adapter else identity
+
+
+def _load(checkpoint: str | Path, settings: SweepSettings) -> LoadedModel:
+    return load_model(checkpoint, device=settings.device, dtype=settings.dtype, adapter=settings.adapter)
 
 
 def _check_run_dir(run_dir: Path, identity: dict) -> None:
@@ -104,7 +112,7 @@ def _check_run_dir(run_dir: Path, identity: dict) -> None:
             what = "has no sweep identity" if isinstance(record, dict) else f"holds {json_kind(record)}, not an object"
             raise InputError(f"{run_file}: {what}; {fix}")
         if previous != identity:
-            changed = sorted(key for key in identity if previous.get(key) != identity[key])
+            changed = sorted(key for key in set(identity) | set(previous) if previous.get(key) != identity.get(key))
             raise SweepError(f"{run_dir} holds a sweep with different {', '.join(changed)}; resume it with the "
                              "same settings, or choose another --out")
     elif finished_keys(run_dir):  # the sweep writes run.json before any result
@@ -251,7 +259,8 @@ def _sweep_locked(checkpoint: str | Path, directory: Path, facts, inventory, con
     if pool is not None and needs_latency:
         # The cluster is joined (or Ray started) before anything is written: an unreachable
         # cluster leaves no run directory behind.
-        load = functools.partial(load_model, str(checkpoint), device=settings.device, dtype=settings.dtype)
+        load = functools.partial(load_model, str(checkpoint), device=settings.device, dtype=settings.dtype,
+                                 adapter=settings.adapter)
         with WorkerPool(load, settings.device, pool) as workers:
             _start_run_dir(run_dir, identity)
             progress.start(len(configs), completed=len(configs) - len(todo), description="sweep")
@@ -275,16 +284,19 @@ def _sweep_locked(checkpoint: str | Path, directory: Path, facts, inventory, con
         if settings.materialize:
             started = time.perf_counter()
             target = run_dir / "materialized" / key
-            slice_checkpoint(directory, config, target, config_source=str(path), text_only=True, force=True)
-            submodel = select_submodel(load_model(target, device=settings.device, dtype=settings.dtype), None)
+            sliced = slice_checkpoint(directory, config, target, config_source=str(path), text_only=True, force=True,
+                                      adapter=settings.adapter)
+            adapter = sliced.out / ADAPTER_FOLDER if settings.adapter else None
+            submodel = select_submodel(load_model(target, device=settings.device, dtype=settings.dtype,
+                                                  adapter=adapter), None)
             rows = _rows(submodel, path, config, plan, settings, accounting, directory, started)
             shutil.rmtree(target, ignore_errors=True)
         else:
-            loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
+            loaded = loaded or _load(directory, settings)
             rows = evaluate_config(loaded, path, config, plan, settings, accounting, directory)
         record(key, rows)
     if needs_latency:
-        loaded = loaded or load_model(directory, device=settings.device, dtype=settings.dtype)
+        loaded = loaded or _load(directory, settings)
         progress.start(settings.latency_rounds, description="latency, round-robin")
         _write_latencies(run_dir, config_latencies(loaded, by_key, settings, on_round=lambda _: progress.advance()),
                          SERIAL_LATENCY)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from matlab import __version__
+from matlab.adapters import adapter_identity
 from matlab.architecture import facts_from_checkpoint
 from matlab.core.loading import load_model, load_shapes, load_tokenizer
 from matlab.core.quantized import formatted_weights
@@ -73,6 +74,7 @@ class SearchSettings:
     pool: PoolSettings | None = None  # spread the evaluations over Ray workers
     formats: tuple[str, ...] | None = None  # weight formats searched with widths and skips (`search --formats`)
     format_genes: str = "group"  # a format per layer and tensor group ("group") or per layer ("layer")
+    adapter: Path | None = None  # a PEFT LoRA adapter merged into the full model: its slices are searched
 
 
 _NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool")
@@ -161,7 +163,8 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
 
             frontier = sorted((settings.out / FRONTIER_DIR).glob("*.yaml"))
             run_sweep(settings.checkpoint, frontier, settings.out / CONFIRM_DIR,
-                      SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype),
+                      SweepSettings(suite, limit=settings.confirm_limit, device=settings.device, dtype=settings.dtype,
+                                    adapter=settings.adapter),
                       progress=progress, pool=settings.pool)
             result.confirm = settings.out / CONFIRM_DIR
     return result
@@ -178,10 +181,11 @@ def _search_locked(settings: SearchSettings, directory: Path, facts, progress: P
     # What makes two searches the same search: everything but where it writes, how far it goes
     # and what confirms it afterwards; the checkpoint by content, the calibration by the text it used.
     # (`format_genes` only with formats: a search without them, of any version, is the same search.)
-    not_identity = _NOT_IDENTITY + (() if settings.formats else ("format_genes",))
+    not_identity = _NOT_IDENTITY + (() if settings.formats else ("format_genes",)) + ("adapter",)
     identity = {**{key: value for key, value in arguments.items() if key not in not_identity},
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
-                "calibration_sha256": calibration.texts_sha256}
+                "calibration_sha256": calibration.texts_sha256,
+                **({"adapter": adapter_identity(settings.adapter)} if settings.adapter else {})}
     identity = _resumed_identity(settings, identity)
     check_directory(settings.out, identity)
     pool = _start_pool(settings)
@@ -209,7 +213,8 @@ def _resumed_identity(settings: SearchSettings, identity: dict[str, Any]) -> dic
 def _start_pool(settings: SearchSettings):
     if settings.pool is None:
         return None
-    load = functools.partial(load_model, settings.checkpoint, device=settings.device, dtype=settings.dtype)
+    load = functools.partial(load_model, settings.checkpoint, device=settings.device, dtype=settings.dtype,
+                             adapter=settings.adapter)
     return WorkerPool(load, settings.device, settings.pool)
 
 
@@ -233,7 +238,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
             arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
     # With workers, this process needs the model's shapes only (costs); the workers run it.
     loaded = load_shapes(directory, settings.dtype) if pool else \
-        load_model(directory, device=settings.device, dtype=settings.dtype)
+        load_model(directory, device=settings.device, dtype=settings.dtype, adapter=settings.adapter)
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime,
                         settings.formats, settings.format_genes)
     if settings.runtime:
