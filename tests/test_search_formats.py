@@ -19,7 +19,7 @@ from matlab.inventory import inventory_from_checkpoint
 from matlab.plan import SlicePlan
 from matlab.resolve import resolve_checkpoint
 from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
-from matlab.search.run import SearchSettings, _calibration_texts, run_search
+from matlab.search.run import SearchSettings, calibration_texts, run_search
 from matlab.slice_config import load_slice_config
 
 runner = CliRunner()
@@ -61,7 +61,7 @@ def test_the_objective_is_the_submodel_at_its_formats(searched):
     the frontier YAML (`select_submodel` at the config's formats), on the same calibration."""
     settings = _settings(searched.directory)
     loaded = load_model(NANO)
-    texts, source = _calibration_texts(settings)
+    texts, source = calibration_texts(settings)
     calibration = make_calibration(loaded.tokenizer, texts, source, settings.window, settings.calibration_tokens)
     reference = reference_distributions(loaded.model, calibration, settings.top_k)
     best = searched.summary["best"]

@@ -34,7 +34,7 @@ from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import resolve_checkpoint
 from matlab.search.journal import SEARCH_FILE
 from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
-from matlab.search.run import SearchSettings, _calibration_texts, run_search
+from matlab.search.run import SearchSettings, calibration_texts, run_search
 from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
 from matlab.weight_formats import WeightFormats
 
@@ -75,7 +75,7 @@ def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple
         return out
 
     loaded = load_model(directory)
-    texts, source = _calibration_texts(SearchSettings(checkpoint, work_dir, **common))
+    texts, source = calibration_texts(SearchSettings(checkpoint, work_dir, **common))
     calibration = make_calibration(loaded.tokenizer, texts, source, window, calibration_tokens)
     reference = reference_distributions(loaded.model, calibration, 256)
     def objective(config: SliceConfig) -> float:

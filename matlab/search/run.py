@@ -17,7 +17,6 @@ from matlab.core.quantized import formatted_weights
 from matlab.core.submodel import format_cache
 from matlab.distributed.pool import PoolSettings, WorkerPool
 from matlab.errors import InputError
-from matlab.harness.pareto import pareto_front
 from matlab.inventory import inventory_from_checkpoint
 from matlab.io.lock import run_directory_lock
 from matlab.io.staging import check_apart
@@ -25,8 +24,9 @@ from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import EMBEDDED, resolve_checkpoint
-from matlab.runtimes import check_runtime, expected_in, runs_in, runtimes_line
+from matlab.runtimes import check_runtime
 from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
+from matlab.search.frontier import format_count, journal_record, write_frontier
 from matlab.search.journal import (
     CONFIRM_DIR,
     FRONTIER_DIR,
@@ -47,8 +47,6 @@ from matlab.search.objective import (
     texts_digest,
 )
 from matlab.search.space import Budget, Candidate, SearchSpace
-from matlab.slice_config import Reference, dump_slice_config
-from matlab.weight_formats import WeightFormats
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def _check_arguments(settings: SearchSettings) -> None:
                          "effective parameters, so only a byte budget can trade them against widths and skips")
 
 
-def _calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationText], str]:
+def calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationText], str]:
     if settings.calibration is not None:
         return read_calibration(settings.calibration), str(settings.calibration)
     if settings.checkpoint in EMBEDDED:
@@ -116,27 +114,6 @@ def _calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationTe
         return calibration_text(make_world()), f"nano-world calibration text (seed {CALIBRATION_SEED})"
     raise InputError(f"--calibration: {settings.checkpoint} is not the embedded nano model; give a text or JSONL "
                      "file of text like the model's use (a few thousand tokens)")
-
-
-def _format_count(count: int) -> str:
-    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
-
-
-def _record(candidate: Candidate, objective: str, value: float, phase: str, order: int, build: float,
-            seconds: float) -> dict[str, Any]:
-    formats = candidate.weight_formats
-    return {"order": order, "phase": phase, "submodel_id": candidate.submodel_id,
-            "layers_skipped": list(candidate.layers_skipped), "ffn_widths": list(candidate.ffn_widths),
-            **({"weight_formats": formats.yaml_data()} if formats else {}),
-            "kept_layers": len(candidate.ffn_widths), "effective_params": candidate.effective_params,
-            "weight_bytes": candidate.weight_bytes, "objective": objective, "value": value,
-            "build_seconds": round(build, 4), "evaluate_seconds": round(seconds, 4)}
-
-
-def _recorded_candidate(space: SearchSpace, record: dict[str, Any]) -> Candidate:
-    formats = record.get("weight_formats")
-    return space.candidate(tuple(record["layers_skipped"]), tuple(record["ffn_widths"]),
-                           None if formats is None else WeightFormats.model_validate(formats))
 
 
 def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> SearchResult:
@@ -171,7 +148,7 @@ def run_search(settings: SearchSettings, progress: Progress = NO_PROGRESS) -> Se
 
 
 def _search_locked(settings: SearchSettings, directory: Path, facts, progress: Progress) -> SearchResult:
-    texts, calibration_source = _calibration_texts(settings)
+    texts, calibration_source = calibration_texts(settings)
     # The calibration is read (as far as it is used) before the model is loaded: its digest is
     # part of the search's identity, checked before anything is written.
     calibration = make_calibration(load_tokenizer(directory), texts, calibration_source, settings.window,
@@ -204,7 +181,7 @@ def _resumed_identity(settings: SearchSettings, identity: dict[str, Any]) -> dic
     if previous is None or changed_keys(previous, identity) != ["calibration_sha256"]:
         return identity
     try:
-        whole = texts_digest(_calibration_texts(settings)[0])  # read through once, a piece at a time
+        whole = texts_digest(calibration_texts(settings)[0])  # read through once, a piece at a time
     except InputError:  # unreadable past what the search uses: not the source that search read
         return identity
     return {**identity, "calibration_sha256": whole} if whole == previous["calibration_sha256"] else identity
@@ -246,7 +223,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     smallest = space.smallest()
     if not smallest.valid or budget.excess(smallest) > 0:
         at = f"GGUF bytes at {'/'.join(space.formats)}" if space.formats else f"weight bytes at {settings.dtype}"
-        raise InputError(f"the budget is below the smallest valid submodel ({_format_count(smallest.effective_params)} "
+        raise InputError(f"the budget is below the smallest valid submodel ({format_count(smallest.effective_params)} "
                          f"effective parameters, {smallest.weight_bytes:,} {at}); raise --max-params/--max-bytes")
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
@@ -279,7 +256,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
                 timing["new"] += 1
                 timing["build"] += build
                 timing["evaluate"] += seconds
-                journal.record(_record(todo[written], settings.objective, value, phase, len(journal.records),
+                journal.record(journal_record(todo[written], settings.objective, value, phase, len(journal.records),
                                        build, seconds))
                 written += 1
 
@@ -312,40 +289,14 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
             reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> dict[str, Any]:
     """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
-    # In identity order, not journal order (workers record as results arrive): the same set gives the same frontier.
-    feasible = sorted((record for record in journal.records if record["submodel_id"] in evaluator.values
-                       and budget.excess(_recorded_candidate(space, record)) <= 0),
-                      key=lambda record: record["submodel_id"])
-    cost_key = "effective_params" if settings.max_params else "weight_bytes"
-    front = [feasible[i] for i in pareto_front([r[cost_key] for r in feasible], [r["value"] for r in feasible],
-                                               higher_is_better=False)]
-    files, entries = {}, []
-    bytes_at = "GGUF file bytes at its weight_formats" if space.formats else f"weight bytes at {settings.dtype}"
-    for rank, record in enumerate(front):
-        candidate = _recorded_candidate(space, record)
-        name = f"found-{_format_count(record['effective_params'])}"
-        name = name if all(entry["name"] != name for entry in entries) else f"{name}-{record['submodel_id'][:6]}"
-        plan = SlicePlan.build(candidate.config(name), space.facts, name)
-        measured = {"effective_params": record["effective_params"], "weight_bytes": record["weight_bytes"],
-                    settings.objective: record["value"]}
-        config = candidate.config(
-            name, base=Path(settings.checkpoint).name,
-            description=f"Found by matformer search: {settings.objective} {record['value']:.4g} on "
-                        f"{calibration.source}, {calibration.tokens} tokens.",
-            reference=Reference(source="matformer search", name=record["submodel_id"], measured=measured,
-                                notes=f"runs in: {runtimes_line(plan)}; {bytes_at}"))
-        file = f"{rank:02d}-{record['submodel_id']}.yaml"
-        files[file] = dump_slice_config(config)
-        entries.append({"file": f"{FRONTIER_DIR}/{file}", "name": name, **{k: record[k] for k in (
-            "submodel_id", "layers_skipped", "ffn_widths", "effective_params", "weight_bytes", "value")},
-            **({"weight_formats": record["weight_formats"]} if "weight_formats" in record else {}),
-            "runs_in": runs_in(plan), "expected_in": expected_in(plan)})
-    journal.write_frontier(files)
+    frontier = write_frontier(journal, space, budget, evaluator, objective=settings.objective,
+                              base=settings.checkpoint, dtype=settings.dtype, calibration=calibration)
+    entries = frontier.entries
     new = max(timing["new"], 1)
     summary = journal.write_summary({
         "status": "complete", "version": __version__, "seed": settings.seed, "objective": settings.objective,
-        "budget": {"max_params": settings.max_params, "max_bytes": settings.max_bytes, "cost": cost_key},
-        "evaluated": len(evaluator.values), "evaluated_now": timing["new"], "feasible": len(feasible),
+        "budget": {"max_params": settings.max_params, "max_bytes": settings.max_bytes, "cost": frontier.cost_key},
+        "evaluated": len(evaluator.values), "evaluated_now": timing["new"], "feasible": frontier.feasible,
         "best": min(entries, key=lambda entry: entry["value"]) if entries else None, "frontier": entries,
         "timing": {"seconds": round(seconds, 2), "reference_seconds": round(reference_seconds, 3),
                    "build_seconds_per_candidate": round(timing["build"] / new, 4),
