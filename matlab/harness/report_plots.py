@@ -151,8 +151,11 @@ def cost_figures(context: ReportContext) -> list[Plot]:
     rows = rows_of(context.own, task, metric)
     scores = [score_of(row) for _, row in rows.iterrows()]
     figures = []
-    for cost, note in (("weight_bytes", "Bytes of the weights each slice holds (a deployed copy's size)."),
-                       ("decode_latency", _latency_note(context))):
+    formats = "weight_formats" in context.own and context.own["weight_formats"].notna().any()
+    bytes_note = "Bytes of the weights each slice holds (a deployed copy's size)." + (
+        " A config with weight formats counts the text tensors of its GGUF file at those formats, and is "
+        "scored at them." if formats else "")
+    for cost, note in (("weight_bytes", bytes_note), ("decode_latency", _latency_note(context))):
         series = _series(context, task, metric, cost)
         # Latencies a busy machine stretched over decades get a log axis, as scores do.
         svg = plots.tradeoff_plot(series, cost_label=COSTS[cost], score_label=_score_label(metric),
