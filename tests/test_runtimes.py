@@ -139,3 +139,24 @@ def test_validate_refuses_every_slice_for_mlx_vlm_and_nano_for_llama_cpp(tmp_pat
         result = runner.invoke(app, ["validate", str(config), "--arch", "nano", "--runtime", runtime])
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.exit_code == 1 and len(errors) == 1 and cause in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("runtime", ["transformers", "vllm", "mlx-lm", "mlx-vlm"])
+def test_block_formats_run_only_where_gguf_files_do(runtime):
+    """A config whose weight formats name a GGUF block type is that quantized model: it runs in
+    llama.cpp (measured: `bench formats-kl`) and is refused, naming the type, where `slice` writes
+    safetensors; float formats stay allowed everywhere."""
+    from matlab.weight_formats import WeightFormats
+
+    def plan(formats):
+        return SlicePlan.build(SliceConfig(name="q", layers_skipped=(20, 21, 22, 23, 24), ffn_widths=8192,
+                                           weight_formats=formats), E4B)
+
+    quantized = plan(WeightFormats(default="bf16", layers={3: {"ffn": "q4_0"}}))
+    floats = plan(WeightFormats(default="bf16", embeddings="f16"))
+    violations = {v.rule: v for v in runtime_violations(quantized, runtime)}
+    assert "weight-formats" in violations and "q4_0" in violations["weight-formats"].message
+    assert violations["weight-formats"].outcome == "refuses to load"
+    assert "weight-formats" not in _rules(floats, runtime)
+    assert "weight-formats" not in _rules(quantized, "llama.cpp") and "llama.cpp" in runs_in(quantized)
+    assert runtime not in runs_in(quantized) + expected_in(quantized)
