@@ -130,6 +130,10 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_adapter(tiny_tex
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed").exists(), "the run ended before the kill: nothing was tested"
+    saved = state.read_bytes()
+    other = runner.invoke(app, [*arguments, "--learning-rate", "0.5"])  # another run's settings: refused, kept
+    _one_line(other, "holds an interrupted run with different learning_rate")
+    assert state.read_bytes() == saved
     resumed = runner.invoke(app, arguments)
     assert resumed.exit_code == 0, resumed.output
     assert "resumed at step" in resumed.output
@@ -171,3 +175,15 @@ def test_bad_input_is_one_line_and_nothing_is_written(tiny_text, data_file, tmp_
     _one_line(runner.invoke(app, _finetune(tiny_text, data_file, out)), "--force")
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_new_people_are_named_by_words_nano_knows_and_no_old_person_is_new():
+    from matlab.core.loading import load_tokenizer
+    from matlab.nano.world import make_world, new_people_world
+    from matlab.resolve import resolve_checkpoint
+
+    tokenizer = load_tokenizer(resolve_checkpoint("nano"))
+    world = new_people_world()
+    assert len(world.people) == 64 and not set(world.people) & set(make_world().people)
+    for person in world.people:
+        assert tokenizer.unk_token_id not in tokenizer(person, add_special_tokens=False).input_ids, person

@@ -136,3 +136,22 @@ CALIBRATION_SEED = 4
 
 def calibration_text(world: World, documents: int = 40) -> list[str]:
     return [row["text"] for row in heldout_text(world, documents, seed=CALIBRATION_SEED)]
+
+
+# New facts for fine-tuning experiments: people the shipped nano model never saw. Its tokenizer
+# is a closed word list, so a new person is named by two of its words that name nobody: a
+# color and a pet ("amber fox"). Their facts come from a seed that neither training, the
+# evaluation sets nor the calibration text uses.
+NEW_FACTS_SEED = 5
+
+
+def new_people_world(people: int = 64, seed: int = NEW_FACTS_SEED) -> World:
+    """`people` new people with two-word names (color, pet), each with one value per attribute."""
+    generator = random.Random(seed)
+    pairs = [f"{color} {pet}" for color in ATTRIBUTES["color"] for pet in ATTRIBUTES["pet"]]
+    if people > len(pairs):
+        raise ValueError(f"at most {len(pairs)} new people can be named")
+    names = tuple(sorted(generator.sample(pairs, people)))
+    facts = {person: {attribute: generator.choice(values) for attribute, values in ATTRIBUTES.items()}
+             for person in names}
+    return World(names, facts)

@@ -15,12 +15,14 @@ FINETUNE_RECORD = "finetune.json"
 
 
 def mean_losses(curve: list[dict], share: float = 0.1) -> dict[str, float]:
-    """Mean loss per slice over the last `share` of the steps (at least one step of each)."""
+    """Mean loss per slice over the last `share` of the steps (a slice not trained there: its last step)."""
     tail = curve[-max(1, int(len(curve) * share)):]
-    names = dict.fromkeys(entry["slice"] for entry in curve)
-    return {name: round(statistics.fmean(entry["loss"] for entry in (
-        [e for e in tail if e["slice"] == name] or [e for e in curve if e["slice"] == name][-1:])), 4)
-        for name in names}
+    means = {}
+    for name in dict.fromkeys(entry["slice"] for entry in curve):
+        losses = [entry["loss"] for entry in tail if entry["slice"] == name] or \
+            [entry["loss"] for entry in curve if entry["slice"] == name][-1:]
+        means[name] = round(statistics.fmean(losses), 4)
+    return means
 
 
 def write_finetune_card(directory: Path, settings, result, identity: dict[str, Any], command: str | None) -> None:
