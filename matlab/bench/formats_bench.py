@@ -132,7 +132,15 @@ def _score(checkpoint: str, directory: Path, chosen: dict[str, SliceConfig], bud
     """Each chosen config's bytes, objective and suite scores (at its formats)."""
     folder = run_dir.parent / f"{run_dir.name}-configs"
     folder.mkdir(parents=True, exist_ok=True)
+    facts = facts_from_checkpoint(directory)
+    first: dict[str, str] = {}  # submodel identity -> the first method that chose it (a sweep takes each once)
+    same = {}
     for stem, config in chosen.items():
+        identity = SlicePlan.build(config, facts, stem).submodel_id
+        if identity in first:
+            same[stem] = first[identity]
+            continue
+        first[identity] = stem
         (folder / f"{stem}.yaml").write_text(dump_slice_config(config.model_copy(update={"name": stem})),
                                              encoding="utf-8")
     run_sweep(checkpoint, sorted(folder.glob("*.yaml")), run_dir,
@@ -140,8 +148,8 @@ def _score(checkpoint: str, directory: Path, chosen: dict[str, SliceConfig], bud
     frame = read_results(run_dir)
     scored = {"budget_bytes": budget, "configs": {}}
     for stem, config in chosen.items():
-        rows = frame[frame["config_file"].str.endswith(f"/{stem}.yaml")]
-        scored["configs"][stem] = {
+        rows = frame[frame["config_file"].str.endswith(f"/{same.get(stem, stem)}.yaml")]
+        scored["configs"][stem] = {"same_as": same.get(stem),
             "bytes": _file_bytes(directory, config), "kl": objective(config),
             "effective_params": int(rows["effective_params"].iloc[0]),
             "layers_skipped": list(config.layers_skipped), "ffn_widths": sorted(set(rows["ffn_widths"].iloc[0])),
