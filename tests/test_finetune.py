@@ -187,3 +187,23 @@ def test_new_people_are_named_by_words_nano_knows_and_no_old_person_is_new():
     assert len(world.people) == 64 and not set(world.people) & set(make_world().people)
     for person in world.people:
         assert tokenizer.unk_token_id not in tokenizer(person, add_special_tokens=False).input_ids, person
+
+
+def test_bench_new_facts_writes_a_suite_with_one_question_per_new_fact_and_interleaves_replay(tmp_path):
+    import json
+
+    from matlab.harness.suite import load_suite
+    from matlab.nano.world import new_people_world
+
+    result = CliRunner().invoke(app, ["bench", "new-facts", "--out", str(tmp_path), "--replay", "3"])
+    assert result.exit_code == 0, result.output
+    suite = load_suite(tmp_path / "suite.yaml")
+    assert [task.name for task in suite.tasks] == ["new_facts"]
+    questions = [json.loads(line) for line in (tmp_path / "facts.jsonl").read_text().splitlines()]
+    world = new_people_world()
+    assert len(questions) == len(world.people) * len(next(iter(world.facts.values())))
+    for question in questions:  # every answer is the new person's own fact
+        assert question["choices"][question["answer"]] == world.facts[question["person"]][question["attribute"]]
+    texts = [json.loads(line)["text"] for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    new_people = [any(person in text for person in world.people) for text in texts]
+    assert new_people[:6] == [True, False] * 3 and all(new_people[6:])  # 3 replayed documents interleaved

@@ -337,6 +337,53 @@ def bench_formats_search_command(
             f"best KL {search['best_value']}, quantize {search['quantize_seconds']}")
 
 
+@bench_app.command("formats-speed")
+def bench_formats_speed_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
+        max_bytes: Annotated[str, typer.Option(help="Budget in GGUF bytes (the plain search gets it in bf16).")
+                             ] = "3689571",
+        formats: Annotated[str, typer.Option(help="Formats of the search with formats.")] = "q8_0,q5_0,q4_0",
+        work_dir: Annotated[Path, typer.Option(help="Scratch space (searches).")] = Path("bench-formats-speed"),
+        max_evals: Annotated[int, typer.Option(min=1)] = 120, rounds: Annotated[int, typer.Option(min=1)] = 2,
+        as_json: JsonOpt = False) -> None:
+    """Candidates per minute of the search with weight formats against the search without."""
+    from matlab.bench.formats_speed import bench_formats_speed
+    from matlab.cli.common import RichProgress, parse_size_option, quiet_evaluation
+
+    budget = parse_size_option(max_bytes, "--max-bytes")
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        result = bench_formats_speed(checkpoint, budget,
+                                     tuple(part.strip() for part in formats.split(",")), work_dir,
+                                     max_evals=max_evals, rounds=rounds, progress=progress)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("search", "candidates/min per round", "mean effective params", "s per candidate",
+                  "same slices as plain", "median s ratio on them",
+                  title=f"budget {result['max_bytes']:,} bytes, {result['max_evals']} evaluations per search")
+    for kind, search in result["searches"].items():
+        rounds_ = search["rounds"]
+        table.add_row(kind, ", ".join(str(run["candidates_per_minute"]) for run in rounds_),
+                      ", ".join(f"{run['mean_effective_params']:,}" for run in rounds_),
+                      ", ".join(str(run["mean_seconds_per_candidate"]) for run in rounds_),
+                      str(search["same_slices"]), str(search["median_seconds_ratio_on_same_slices"]))
+    console.print(table)
+
+
+@bench_app.command("new-facts")
+def bench_new_facts_command(
+        out: Annotated[Path, typer.Option(help="Folder for train.jsonl and the new-facts suite.")],
+        replay: Annotated[int, typer.Option(min=0, help="Documents of the shipped nano world interleaved.")] = 0
+) -> None:
+    """Training text and a question suite about 64 people nano never saw (fine-tuning benchmarks)."""
+    from matlab.training.experiments import write_new_facts
+
+    with reported_errors():
+        written = write_new_facts(out, replay=replay)
+    for path in written:
+        say(f"wrote {shown(path)}")
+
+
 @bench_app.command("quantize")
 def bench_quantize_command(
         checkpoint: Annotated[str, typer.Option("--checkpoint", help="Checkpoint directory, or nano.")] = "nano",

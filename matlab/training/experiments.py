@@ -1,19 +1,14 @@
-"""The fine-tuning measurements of reports/benchmarks.md on nano, as a module:
+"""New facts for the fine-tuning measurements of reports/benchmarks.md (`matformer bench new-facts`).
 
-    python -m matlab.training.experiments new-facts --out DIR [--replay N]
-        writes DIR/train.jsonl (documents about 64 new people, in training phrasings; with
-        --replay, N documents of the shipped nano world interleaved), and
-        DIR/new_facts.yaml, a suite of one multiple-choice question per new fact, asked in the
-        held-out frames (DIR/facts.jsonl)
-    python -m matlab.training.experiments score CHECKPOINT [--adapter A] --suite S [--config C ...]
-        one JSON line per slice (the full model without --config) with its scores on the suite:
-        the slice of CHECKPOINT merged with the adapter, exactly what `matformer slice --adapter`
-        and PEFT load (tests/test_finetune.py checks the two agree)
+`write_new_facts(DIR)` writes DIR/train.jsonl (documents about 64 new people, in the nano
+world's training phrasings; with `replay`, documents of the shipped nano world interleaved) and
+DIR/suite.yaml, a suite of one multiple-choice question per new fact asked in the held-out
+frames (DIR/new_facts.yaml, DIR/facts.jsonl). A fine-tuned slice is then scored with
+`matformer eval CKPT --adapter A --config SLICE --suite DIR/suite.yaml`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -67,49 +62,3 @@ def write_new_facts(out: Path, people: int = 64, documents: int = 400, replay: i
     (out / "new_facts.yaml").write_text(TASK, encoding="utf-8")
     (out / "suite.yaml").write_text(SUITE, encoding="utf-8")
     return [out / "train.jsonl", out / "suite.yaml"]
-
-
-def score(checkpoint: str, adapter: Path | None, suite: Path, configs: list[Path]) -> list[dict]:
-    """Scores of the full model (and each config's slice) with the adapter merged, on `suite`."""
-    from matlab.core.loading import load_model
-    from matlab.core.submodel import select_submodel
-    from matlab.harness.evaluate import evaluate_submodel
-    from matlab.harness.suite import load_suite
-    from matlab.slice_config import load_slice_config
-
-    loaded = load_model(checkpoint, adapter=adapter)
-    loaded_suite = load_suite(suite)
-    rows = []
-    for config in [None, *configs]:
-        submodel = select_submodel(loaded, load_slice_config(config) if config else None, str(config))
-        scores = evaluate_submodel(submodel, loaded_suite)
-        rows.append({"checkpoint": checkpoint, "adapter": str(adapter) if adapter else None,
-                     "slice": submodel.name, "suite": loaded_suite.name,
-                     "scores": {f"{entry.task}/{entry.metric}": round(entry.value, 4) for entry in scores}})
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m matlab.training.experiments")
-    commands = parser.add_subparsers(dest="command", required=True)
-    new_facts = commands.add_parser("new-facts")
-    new_facts.add_argument("--out", type=Path, required=True)
-    new_facts.add_argument("--replay", type=int, default=0, help="documents of the shipped world mixed in")
-    scoring = commands.add_parser("score")
-    scoring.add_argument("checkpoint")
-    scoring.add_argument("--adapter", type=Path)
-    scoring.add_argument("--suite", type=Path, required=True)
-    scoring.add_argument("--config", type=Path, action="append", default=[])
-    arguments = parser.parse_args(argv)
-    if arguments.command == "new-facts":
-        for path in write_new_facts(arguments.out, replay=arguments.replay):
-            print(f"wrote {path}")
-        return
-    from matlab.bundled import resolve_suite
-
-    for row in score(arguments.checkpoint, arguments.adapter, resolve_suite(str(arguments.suite)), arguments.config):
-        print(json.dumps(row), flush=True)
-
-
-if __name__ == "__main__":
-    main()
