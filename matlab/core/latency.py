@@ -8,6 +8,7 @@ is what is compared. The spread (min and max over rounds) is kept beside it.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -49,16 +50,18 @@ def _synchronize(device: torch.device) -> None:
 def _one_run(model: PreTrainedModel, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
     """(prefill seconds, decode seconds) of one prompt and `decode_tokens` greedy steps."""
     device = prompt.device
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)  # filled in place by every call
+    # transformers renamed past_key_values to cache (5.2x; the old name warns): pass what this one takes
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     _synchronize(device)
     started = time.perf_counter()
-    output = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    output = model(input_ids=prompt, use_cache=True, **{name: cache})
     _synchronize(device)
     prefill = time.perf_counter() - started
     token = output.logits[:, -1:].argmax(-1)
     started = time.perf_counter()
     for _ in range(decode_tokens):
-        output = model(input_ids=token, past_key_values=output.past_key_values, use_cache=True)
+        output = model(input_ids=token, use_cache=True, **{name: cache})
         token = output.logits[:, -1:].argmax(-1)
     _synchronize(device)
     return prefill, time.perf_counter() - started
