@@ -104,3 +104,31 @@ def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, m
     down = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(FormatCache(loaded.model).whole(down, "q4_0"),
                        _gguf_round_trip(loaded.model.get_parameter(down), "q4_0"))
+
+
+def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
+    """The one-time quantization is minutes on a full-size model: it shows progress, to the end."""
+    from matlab.core.quantized import FormatCache
+    from matlab.progress import Progress
+
+    class Recorded(Progress):
+        def __init__(self):
+            self.total, self.done, self.descriptions = None, 0.0, []
+
+        def start(self, total, *, completed=0, description=""):
+            self.total, self.descriptions = total, [description]
+
+        def advance(self, amount=1):
+            self.done += amount
+
+        def describe(self, description):
+            self.descriptions.append(description)
+
+    cache = FormatCache(load_model(tiny_text).model)
+    recorded = Recorded()
+    seconds = cache.prepare(("q8_0", "q4_0"), recorded)
+    assert set(seconds) == {"q8_0", "q4_0"}
+    expected = sum(cache.parameters[name].numel() for name, fmt in cache._whole) / 1e6
+    assert recorded.total == pytest.approx(expected) and recorded.done == pytest.approx(expected) and expected > 0
+    assert {"quantizing the weights to q8_0 (M elements)", "quantizing the weights to q4_0 (M elements)"} <= \
+        set(recorded.descriptions)

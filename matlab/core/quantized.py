@@ -28,6 +28,7 @@ import torch
 
 from matlab.formats import block_size, round_trip
 from matlab.plan import Ranges, SlicePlan, TensorSpec
+from matlab.progress import NO_PROGRESS, Progress
 from matlab.tensor_formats import TensorFormat, layer_formats, tensor_format
 
 CHUNK_ELEMENTS = 1 << 24  # rows round-tripped at a time: 64 MB of float32
@@ -68,13 +69,19 @@ class FormatCache:
             self._whole[key] = self._round_trip(parameter, fmt)
         return self._whole[key]
 
-    def prepare(self, formats: tuple[str, ...]) -> dict[str, float]:
+    def prepare(self, formats: tuple[str, ...], progress: Progress = NO_PROGRESS) -> dict[str, float]:
         """Quantize every 2-D weight in each of `formats` now (where its rows are whole blocks);
-        seconds per format. A search calls it so that its candidates cost no quantization."""
-        for fmt in formats:
-            for name, parameter in self.parameters.items():
-                if parameter.ndim == 2 and parameter.shape[-1] % block_size(fmt) == 0:
-                    self.whole(name, fmt)
+        seconds per format. A search calls it so that its candidates cost no quantization. On a
+        full-size model this is minutes (gguf's quantizers are numpy code on the CPU), so it
+        reports progress in millions of elements."""
+        todo = [(fmt, name, parameter) for fmt in formats for name, parameter in self.parameters.items()
+                if parameter.ndim == 2 and parameter.shape[-1] % block_size(fmt) == 0]
+        progress.start(sum(parameter.numel() for *_, parameter in todo) / 1e6,
+                       description=f"quantizing the weights to {', '.join(formats)} (M elements)")
+        for fmt, name, parameter in todo:
+            progress.describe(f"quantizing the weights to {fmt} (M elements)")
+            self.whole(name, fmt)
+            progress.advance(parameter.numel() / 1e6)
         return {fmt: round(self.seconds[fmt], 3) for fmt in formats}
 
     def weight(self, name: str, spec: TensorSpec, fmt: str) -> tuple[torch.Tensor, bool]:

@@ -228,7 +228,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
     # Every weight quantized once per format, before the first candidate (each is then views).
-    quantize_seconds = format_cache(loaded).prepare(space.formats) if space.formats and not pool else {}
+    quantize_seconds = format_cache(loaded).prepare(space.formats, progress) if space.formats and not pool else {}
     reference = None
     if settings.objective == "kl":
         reference = pool.call(reference_on_worker, {"calibration": calibration, "top_k": settings.top_k}) if pool else \
