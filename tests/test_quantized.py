@@ -107,7 +107,8 @@ def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, m
 
 
 def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
-    """The one-time quantization is minutes on a full-size model: it shows progress, to the end."""
+    """The one-time quantization is minutes on a full-size model: it runs on threads, with the
+    same results, and shows progress to the end."""
     from matlab.core.quantized import FormatCache
     from matlab.progress import Progress
 
@@ -124,9 +125,13 @@ def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
         def describe(self, description):
             self.descriptions.append(description)
 
-    cache = FormatCache(load_model(tiny_text).model)
+    model = load_model(tiny_text).model
+    cache = FormatCache(model)
     recorded = Recorded()
-    seconds = cache.prepare(("q8_0", "q4_0"), recorded)
+    seconds = cache.prepare(("q8_0", "q4_0"), recorded, threads=3)
+    one_by_one = FormatCache(model)  # weights prepared on threads equal those quantized one at a time
+    for name, fmt in cache._whole:
+        assert torch.equal(cache._whole[name, fmt], one_by_one.whole(name, fmt)), (name, fmt)
     assert set(seconds) == {"q8_0", "q4_0"}
     expected = sum(cache.parameters[name].numel() for name, fmt in cache._whole) / 1e6
     assert recorded.total == pytest.approx(expected) and recorded.done == pytest.approx(expected) and expected > 0

@@ -19,8 +19,10 @@ Memory: one dequantized copy of the text weights per format in use, at the run's
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,19 +46,21 @@ class FormatCache:
         self.parameters = dict(model.named_parameters())
         self._whole: dict[tuple[str, str], torch.Tensor] = {}
         self._cut: dict[tuple[str, str, Ranges, Ranges], torch.Tensor] = {}
-        self.seconds: Counter[str] = Counter()  # quantizing (and back), per format
+        self.seconds: Counter[str] = Counter()  # quantizing (and back), per format, summed over threads
+        self._lock = threading.Lock()
 
     def _round_trip(self, values: torch.Tensor, fmt: str) -> torch.Tensor:
         """`values` through `fmt` and back, in the run's dtype and device. Rows quantize
         independently, so a large table goes through in chunks of rows: memory is the result
-        plus one chunk (E4B's per-layer table is 2.3G elements)."""
+        plus one chunk per thread (E4B's per-layer table is 2.3G elements)."""
         started = time.perf_counter()
         result = torch.empty_like(values, device=values.device)
         rows = max(1, CHUNK_ELEMENTS // max(values.shape[-1], 1)) if values.ndim > 1 else len(values)
         for start in range(0, max(len(values), 1), rows):
             chunk = values[start:start + rows].detach().to("cpu", torch.float32).numpy()
             result[start:start + rows] = torch.from_numpy(np.ascontiguousarray(round_trip(chunk, fmt)))
-        self.seconds[fmt] += time.perf_counter() - started
+        with self._lock:
+            self.seconds[fmt] += time.perf_counter() - started
         return result
 
     def whole(self, name: str, fmt: str) -> torch.Tensor:
@@ -69,20 +73,29 @@ class FormatCache:
             self._whole[key] = self._round_trip(parameter, fmt)
         return self._whole[key]
 
-    def prepare(self, formats: tuple[str, ...], progress: Progress = NO_PROGRESS) -> dict[str, float]:
+    def prepare(self, formats: tuple[str, ...], progress: Progress = NO_PROGRESS,
+                threads: int | None = None) -> dict[str, float]:
         """Quantize every 2-D weight in each of `formats` now (where its rows are whole blocks);
-        seconds per format. A search calls it so that its candidates cost no quantization. On a
-        full-size model this is minutes (gguf's quantizers are numpy code on the CPU), so it
-        reports progress in millions of elements."""
+        wall seconds per format. A search calls it so that its candidates cost no quantization.
+        gguf's quantizers are numpy code on the CPU, one tensor at a time: weights go through on
+        `threads` threads (default: torch's), numpy releasing the GIL in its array work. On a
+        full-size model this is still minutes, so it reports progress in millions of elements."""
         todo = [(fmt, name, parameter) for fmt in formats for name, parameter in self.parameters.items()
                 if parameter.ndim == 2 and parameter.shape[-1] % block_size(fmt) == 0]
         progress.start(sum(parameter.numel() for *_, parameter in todo) / 1e6,
                        description=f"quantizing the weights to {', '.join(formats)} (M elements)")
-        for fmt, name, parameter in todo:
-            progress.describe(f"quantizing the weights to {fmt} (M elements)")
-            self.whole(name, fmt)
-            progress.advance(parameter.numel() / 1e6)
-        return {fmt: round(self.seconds[fmt], 3) for fmt in formats}
+        seconds = {}
+        with ThreadPoolExecutor(threads or torch.get_num_threads()) as pool:
+            for fmt in formats:
+                progress.describe(f"quantizing the weights to {fmt} (M elements)")
+                started = time.perf_counter()
+                jobs = {pool.submit(self.whole, name, fmt): parameter.numel()
+                        for each, name, parameter in todo if each == fmt}
+                for job in as_completed(jobs):
+                    job.result()
+                    progress.advance(jobs[job] / 1e6)
+                seconds[fmt] = round(time.perf_counter() - started, 3)
+        return seconds
 
     def weight(self, name: str, spec: TensorSpec, fmt: str) -> tuple[torch.Tensor, bool]:
         """(tensor, cut): the whole tensor's round trip, for the caller to cut by `spec` as it
