@@ -137,3 +137,25 @@ def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
     assert recorded.total == pytest.approx(expected) and recorded.done == pytest.approx(expected) and expected > 0
     assert {"quantizing the weights to q8_0 (M elements)", "quantizing the weights to q4_0 (M elements)"} <= \
         set(recorded.descriptions)
+
+
+def test_an_interrupted_prepare_stops_without_quantizing_the_rest_and_can_start_again(tiny_text):
+    """Ctrl-C during the one-time quantization stops it (queued weights dropped), leaves only
+    whole round trips behind, and a later prepare finishes the job."""
+    from matlab.core.quantized import FormatCache
+    from matlab.progress import Progress
+
+    class Interrupting(Progress):
+        def advance(self, amount=1):
+            raise KeyboardInterrupt
+
+    model = load_model(tiny_text).model
+    cache = FormatCache(model)
+    with pytest.raises(KeyboardInterrupt):
+        cache.prepare(("q8_0", "q4_0"), Interrupting(), threads=1)
+    prepared = len(cache._whole)
+    cache.prepare(("q8_0", "q4_0"), threads=1)
+    assert 0 < prepared < len(cache._whole)
+    one_by_one = FormatCache(model)
+    for name, fmt in cache._whole:
+        assert torch.equal(cache._whole[name, fmt], one_by_one.whole(name, fmt)), (name, fmt)

@@ -48,6 +48,7 @@ class FormatCache:
         self._cut: dict[tuple[str, str, Ranges, Ranges], torch.Tensor] = {}
         self.seconds: Counter[str] = Counter()  # quantizing (and back), per format, summed over threads
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # set when `prepare` is interrupted: its threads stop at a chunk
 
     def _round_trip(self, values: torch.Tensor, fmt: str) -> torch.Tensor:
         """`values` through `fmt` and back, in the run's dtype and device. Rows quantize
@@ -57,6 +58,8 @@ class FormatCache:
         result = torch.empty_like(values, device=values.device)
         rows = max(1, CHUNK_ELEMENTS // max(values.shape[-1], 1)) if values.ndim > 1 else len(values)
         for start in range(0, max(len(values), 1), rows):
+            if self._stopping.is_set():
+                raise InterruptedError("quantization stopped")
             chunk = values[start:start + rows].detach().to("cpu", torch.float32).numpy()
             result[start:start + rows] = torch.from_numpy(np.ascontiguousarray(round_trip(chunk, fmt)))
         with self._lock:
@@ -85,7 +88,8 @@ class FormatCache:
         progress.start(sum(parameter.numel() for *_, parameter in todo) / 1e6,
                        description=f"quantizing the weights to {', '.join(formats)} (M elements)")
         seconds = {}
-        with ThreadPoolExecutor(threads or torch.get_num_threads()) as pool:
+        pool = ThreadPoolExecutor(threads or torch.get_num_threads())
+        try:
             for fmt in formats:
                 progress.describe(f"quantizing the weights to {fmt} (M elements)")
                 started = time.perf_counter()
@@ -95,6 +99,14 @@ class FormatCache:
                     job.result()
                     progress.advance(jobs[job] / 1e6)
                 seconds[fmt] = round(time.perf_counter() - started, 3)
+        except BaseException:
+            # Ctrl-C (or a failure) must not wait minutes for the queued weights: drop them, and
+            # the running ones stop at their next chunk.
+            self._stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._stopping.clear()
+            raise
+        pool.shutdown()
         return seconds
 
     def weight(self, name: str, spec: TensorSpec, fmt: str) -> tuple[torch.Tensor, bool]:
