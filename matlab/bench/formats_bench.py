@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_checkpoint
+from matlab.architecture import ArchFacts, facts_from_checkpoint
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import load_model
 from matlab.core.quantized import formatted_weights
@@ -122,17 +122,16 @@ def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple
                     break
         if uniform:
             chosen["uniform-width-and-format"] = min(uniform, key=lambda item: item[0])[1]
-        result["budgets"][tag] = _score(checkpoint, directory, chosen, budget, objective, suite,
+        result["budgets"][tag] = _score(checkpoint, directory, facts, chosen, budget, objective, suite,
                                         work_dir / "suite" / tag, limit, progress)
     return result
 
 
-def _score(checkpoint: str, directory: Path, chosen: dict[str, SliceConfig], budget: int, objective, suite: Path,
-           run_dir: Path, limit: int | None, progress: Progress) -> dict:
+def _score(checkpoint: str, directory: Path, facts: ArchFacts, chosen: dict[str, SliceConfig], budget: int,
+           objective, suite: Path, run_dir: Path, limit: int | None, progress: Progress) -> dict:
     """Each chosen config's bytes, objective and suite scores (at its formats)."""
     folder = run_dir.parent / f"{run_dir.name}-configs"
     folder.mkdir(parents=True, exist_ok=True)
-    facts = facts_from_checkpoint(directory)
     first: dict[str, str] = {}  # submodel identity -> the first method that chose it (a sweep takes each once)
     same = {}
     for stem, config in chosen.items():

@@ -12,19 +12,14 @@ formats themselves add to a candidate.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from matlab.core.loading import load_model
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import resolve_checkpoint
-from matlab.search.journal import CANDIDATES_FILE
+from matlab.search.journal import CANDIDATES_FILE, read_journal
 from matlab.search.run import SearchSettings, run_search
-
-
-def _candidates(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / CANDIDATES_FILE).read_text(encoding="utf-8").splitlines()]
 
 
 def _shape(record: dict) -> tuple:
@@ -49,7 +44,7 @@ def bench_formats_speed(checkpoint: str, max_bytes: int, formats: tuple[str, ...
             out = work_dir / f"{kind}-{round_}"
             summary = run_search(SearchSettings(checkpoint, out, max_evals=max_evals, seed=seed, **fields),
                                  progress=progress).summary
-            records = _candidates(out)
+            records, _ = read_journal(out / CANDIDATES_FILE, drop_torn=False)
             runs[kind].append({"candidates_per_minute": summary["timing"]["candidates_per_minute"],
                                "mean_effective_params": round(statistics.mean(r["effective_params"] for r in records)),
                                "mean_seconds_per_candidate": round(statistics.mean(map(_seconds, records)), 4),
