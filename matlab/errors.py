@@ -56,3 +56,11 @@ class MatformerWarning(UserWarning):
 
 class FormatError(MatformerError, ValueError):
     """A weight format is unknown, or a tensor's rows are not whole blocks of it."""
+
+
+class DivergedError(MatformerError):
+    """A training step's loss or weights stopped being finite numbers."""
+
+
+class NonFiniteError(MatformerError):
+    """A model computed logits that are not finite numbers (NaN or inf): nothing is scored from them."""

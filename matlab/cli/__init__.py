@@ -10,10 +10,10 @@ from __future__ import annotations
 import typer
 
 from matlab.cli import bench, evaluation, running, runtimes, search, slicing, training
-from matlab.cli.common import GuardedGroup, silence_library_bars
+from matlab.cli.common import GuardedGroup, prepare_process
 
 app = typer.Typer(help="MatFormer Lab: slice, run, evaluate and compare Gemma 3n MatFormer submodels.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, callback=silence_library_bars,
+                  no_args_is_help=True, pretty_exceptions_enable=False, callback=prepare_process,
                   cls=GuardedGroup)
 slicing.register(app)
 running.register(app)

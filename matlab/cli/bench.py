@@ -19,6 +19,7 @@ from matlab.cli.common import (
     config_paths,
     console,
     errors,
+    finite,
     reported_errors,
     say,
     shown,
@@ -119,8 +120,8 @@ def bench_nano_capacity_command(
                           ] = 256,
         steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
         every: Annotated[int, typer.Option(min=1, help="Score the fact questions every this many steps.")] = 250,
-        fact_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training sentences that are facts.")
-                              ] = 0.7,
+        fact_share: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite,
+                                                  help="Share of training sentences that are facts.")] = 0.7,
         frozen_names: Annotated[bool, typer.Option(
             help="Keep the names' embedding rows at their random initial values, so facts must live in the layers.")
                                 ] = False,
@@ -406,3 +407,44 @@ def bench_quantize_command(
     console.print(table)
     say(numpy_threads_note())
 
+
+
+@bench_app.command("contention")
+def bench_contention_command(
+        workloads: Annotated[str, typer.Option(help="Comma-separated: search, evaluate, heal, latency (a sweep's "
+                                                    "latency rounds, for their spread).")] = "search,evaluate,heal",
+        rounds: Annotated[int, typer.Option(min=1, help="Runs of each variant at rest and under load.")] = 2,
+        loops: Annotated[Optional[int], typer.Option(min=0, help="Busy loops beside the work (default: one per "
+                                                                  "core).")] = None,
+        limit: Annotated[int, typer.Option(min=1, help="Documents per task of the evaluate workload.")] = 40,
+        as_json: JsonOpt = False) -> None:
+    """The tool's work at rest and beside busy loops, as shipped against the thread policy."""
+    from matlab.bench.contention import bench_contention
+    from matlab.cli.common import RichProgress
+
+    chosen = tuple(part.strip() for part in workloads.split(",") if part.strip())
+    with reported_errors(), RichProgress() as progress:
+        result = bench_contention(chosen, rounds, loops, limit, progress)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("workload", "variant", "rest s (median, min-max)", "load s (median, min-max)", "CPU s rest/load",
+                  "load / (rest / share)", "target",
+                  title=f"{result['cores']} cores, {result['busy_loops']} busy loops (CPU share {result['cpu_share']})")
+    for row in result["rows"]:
+        if "rest" not in row:
+            table.add_row(row["workload"], row["variant"], f"x{row['rest_ratio']}", f"x{row['load_ratio']}", "", "",
+                          "")
+            continue
+        rest, load = row["rest"], row["load"]
+        table.add_row(row["workload"], row["variant"],
+                      f"{rest['wall_median']:.1f} ({rest['wall_min']:.1f}-{rest['wall_max']:.1f})",
+                      f"{load['wall_median']:.1f} ({load['wall_min']:.1f}-{load['wall_max']:.1f})",
+                      f"{rest['cpu_median']:.0f}/{load['cpu_median']:.0f}", f"{row['load_over_expected']:.2f}",
+                      "met" if row["meets_target"] else "missed")
+    console.print(table)
+    spreads = {row["variant"]: row["rest"]["latency_spread_median"] for row in result["rows"]
+               if "rest" in row and row["rest"].get("latency_spread_median")}
+    if spreads:
+        say("latency rounds at rest, median fastest/slowest decode rate: "
+            + ", ".join(f"{variant} {spread:.3f}" for variant, spread in spreads.items()))

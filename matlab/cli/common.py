@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import signal
@@ -27,11 +28,19 @@ from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperGroup
 
-from matlab.errors import MatformerError, MatformerWarning
+from matlab.errors import InputError, MatformerError, MatformerWarning
 from matlab.progress import Progress
+from matlab.threads import apply_thread_policy
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A float option's callback: inf and nan parse as floats, and are refused as one line."""
+    if value is not None and not math.isfinite(value):
+        raise InputError(f"{param.opts[0]} {value}: must be a finite number")
+    return value
+
 
 CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint directory or hub id.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Bundled architecture, e.g. gemma-3n-e4b.")]
@@ -50,7 +59,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="A running Ray cluster ('auto', or host:port); without it --workers starts Ray locally.")]
 GpusOpt = Annotated[Optional[float], typer.Option(
-    "--gpus-per-worker", min=0, help="GPUs per worker (default: 1 with a CUDA --device, else 0).")]
+    "--gpus-per-worker", min=0, callback=finite, help="GPUs per worker (default: 1 with a CUDA --device, else 0).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads-per-worker", min=1, help="CPU threads (and Ray CPUs) per worker (default: this machine's cores shared "
                                         "out when Ray starts here, else 1).")]
@@ -202,11 +211,13 @@ def interruptible() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def silence_library_bars() -> None:
-    """For the `matformer` process only (called when its command line runs, not on import):
-    the libraries' own tqdm bars (lm-eval's, transformers') would tear through the rich
-    displays, which already report the work. tqdm reads TQDM_DISABLE when it is first
-    imported, so this runs before any command imports it; TQDM_DISABLE=0 keeps them."""
+def prepare_process() -> None:
+    """For the `matformer` process only (called when its command line runs, not on import),
+    before any command imports torch or tqdm, which read these once:
+    - the thread policy (`matlab.threads`): torch's threads sleep, not spin, while they wait;
+    - the libraries' own tqdm bars (lm-eval's, transformers') off: they would tear through
+      the rich displays, which already report the work (TQDM_DISABLE=0 keeps them)."""
+    apply_thread_policy()
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 

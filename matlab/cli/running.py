@@ -18,6 +18,7 @@ from matlab.cli.common import (
     JsonOpt,
     RichProgress,
     console,
+    finite,
     reported_errors,
     say,
     warn_line,
@@ -43,8 +44,8 @@ def generate(checkpoint: Annotated[str, typer.Argument(help="Checkpoint director
              prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
              config: ConfigOpt = None,
              max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
-             temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.0,
-             top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+             temperature: Annotated[float, typer.Option(min=0.0, callback=finite, help="0 is greedy.")] = 0.0,
+             top_p: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite)] = 1.0,
              seed: int = 0, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
     """Continue a prompt (greedy by default, with a KV cache)."""
     from matlab.core.text import generate_text

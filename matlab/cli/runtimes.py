@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from matlab.cli.common import ForceOpt, GuardedGroup, JsonOpt, console, reported_errors, say, shown
+from matlab.cli.common import ForceOpt, GuardedGroup, JsonOpt, console, finite, reported_errors, say, shown
 
 runtimes_app = typer.Typer(help="The real runtimes conformance runs use, each in its own environment.",
                            no_args_is_help=True, cls=GuardedGroup)
@@ -44,6 +44,7 @@ def conform(model: Annotated[Path, typer.Argument(help="A slice directory writte
                                "formats: a type per tensor from the slice config's weight_formats).")] = None,
             tokens: Annotated[int, typer.Option(min=2, max=4096, help="Tokens compared.")] = 64,
             tolerance: Annotated[Optional[float], typer.Option(
+                callback=finite,
                 help="Largest log-prob difference still called 'runs' (default: by weight type).")] = None,
             seed: Annotated[int, typer.Option(help="Seed of the token ids.")] = 0,
             json_out: JsonOpt = False) -> None:

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from matlab.cli.common import DeviceOpt, DtypeOpt, ForceOpt, RichProgress, reported_errors, say
+from matlab.cli.common import DeviceOpt, DtypeOpt, ForceOpt, RichProgress, finite, reported_errors, say
 
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds the initialization and the data order.")]
-LearningRateOpt = Annotated[float, typer.Option("--learning-rate", help="Peak learning rate (AdamW).")]
+LearningRateOpt = Annotated[float, typer.Option("--learning-rate", callback=finite, help="Peak learning rate (AdamW).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Token windows per step.")]
 RankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank.")]
 
@@ -45,8 +45,9 @@ def finetune(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint dir
              warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 10,
              batch_size: BatchOpt = 8,
              seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window (BOS included).")] = 128,
-             full_share: Annotated[float, typer.Option("--full-share", help="With --nested: the share of steps that "
-                                                                            "train the full model.")] = 0.5,
+             full_share: Annotated[float, typer.Option(
+                 "--full-share", callback=finite, help="With --nested: the share of steps that train the full "
+                                                       "model.")] = 0.5,
              seed: SeedOpt = 0,
              save_every: Annotated[int, typer.Option("--save-every", help="Save the run's state every N steps (a "
                                                                            "killed run resumes from it).")] = 50,
@@ -89,7 +90,8 @@ def heal(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directo
                                                               "weights (the slice's own weights trained).")] = "lora",
          steps: StepsOpt = 300,
          learning_rate: Annotated[Optional[float], typer.Option(
-             "--learning-rate", help="Peak learning rate (default: 2e-3 for lora, 3e-4 for weights).")] = None,
+             "--learning-rate", callback=finite,
+             help="Peak learning rate (default: 2e-3 for lora, 3e-4 for weights).")] = None,
          lora_rank: RankOpt = 16,
          calibration: Annotated[Optional[Path], typer.Option(
              "--calibration", help="Text to distil on: a text file, or JSONL with a 'text' field per line (nano: "

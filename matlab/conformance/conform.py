@@ -137,7 +137,7 @@ def conform(model: Path, runtime: str, *, weight_type: str | None = None, count:
         target = model
         if runtime == "llama.cpp" and runner.script.name == ENVS["llama.cpp"].runner:
             try:
-                target = convert_to_gguf(model, work / f"model-{weight_type}.gguf", weight_type, timeout)
+                target = convert_to_gguf(model.resolve(), work / f"model-{weight_type}.gguf", weight_type, timeout)
             except ConversionError as error:
                 return Conformance(runtime, _installed_version(runtime), str(model), weight_type, REFUSES, str(error))
         outcome = _run(runner, target, tokens, top_k, work / "runtime", timeout)
@@ -173,7 +173,9 @@ def _run(runner: Runner, model: Path, tokens: list[int], top_k: int, work: Path,
          scored: list[list[int]] | None = None) -> _Outcome:
     work.mkdir()
     (work / "tokens.json").write_text(json.dumps({"tokens": tokens}), encoding="utf-8")
-    command = [str(runner.python), str(runner.script), "--model", str(model), "--tokens", str(work / "tokens.json"),
+    # The child runs in `work`: a path relative to this process's folder would name another file there.
+    command = [str(runner.python), str(runner.script), "--model", str(Path(model).resolve()), "--tokens",
+               str(work / "tokens.json"),
                "--out", str(work / "result.json"), "--top-k", str(top_k)]
     if scored is not None:
         (work / "score.json").write_text(json.dumps({"ids": scored}), encoding="utf-8")

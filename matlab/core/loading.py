@@ -16,10 +16,10 @@ from safetensors import safe_open
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from matlab.adapters import cut_adapter
+from matlab.adapters import cut_adapter, quiet_peft
 from matlab.architecture import ArchFacts, facts_from_checkpoint
 from matlab.dtypes import RUN_DTYPES, torch_dtype
-from matlab.errors import CheckpointError, InputError
+from matlab.errors import CheckpointError, InputError, shown_value
 from matlab.io.reader import CheckpointFiles, TensorInfo
 from matlab.plan import SlicePlan
 from matlab.resolve import resolve_checkpoint
@@ -142,14 +142,20 @@ def _merged(model: PreTrainedModel, adapter: Path, files: CheckpointFiles, facts
     text model's (an adapter trained on the multimodal class names `model.language_model.*`)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
+    # Checked whole (config against tensors, tensors against the model) before PEFT builds anything.
     sliced = cut_adapter(adapter, files, SlicePlan.identity(facts), text_only=True)
-    peft_model = get_peft_model(model, sliced.config)
-    result = set_peft_model_state_dict(peft_model, sliced.tensors)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise InputError(f"--adapter {adapter}: {len(unexpected)} of its tensors fit no module of the model "
-                         f"(first: {unexpected[0]}); an adapter for another base model?")
-    return peft_model.merge_and_unload()
+    with quiet_peft():
+        try:
+            peft_model = get_peft_model(model, sliced.config)
+            result = set_peft_model_state_dict(peft_model, sliced.tensors)
+        except (ValueError, RuntimeError, KeyError) as error:  # what the checks above did not foresee
+            raise InputError(f"--adapter {adapter}: PEFT cannot apply it to this model "
+                             f"({shown_value(str(error))}); an adapter for another base model?") from None
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise InputError(f"--adapter {adapter}: {len(unexpected)} of its tensors fit no module of the model "
+                             f"(first: {unexpected[0]}); an adapter for another base model?")
+        return peft_model.merge_and_unload()
 
 
 def load_shapes(checkpoint: str | Path, dtype: str | torch.dtype = "float32") -> LoadedModel:

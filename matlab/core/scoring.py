@@ -8,6 +8,19 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from matlab.errors import NonFiniteError
+
+NON_FINITE = ("the model's logits are not finite (NaN or inf), so nothing was scored: a weight or an adapter holds "
+              "NaN or inf, or the dtype overflows; check the checkpoint, or run in float32")
+
+
+def check_finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, or NonFiniteError: a NaN scores as an ordinary number downstream (an argmax
+    of NaN logits picks a token; an accuracy from them looks like any other)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(NON_FINITE)
+    return logits
+
 
 @dataclass(frozen=True)
 class ContinuationScore:
@@ -64,7 +77,7 @@ def score_continuations(model: PreTrainedModel, requests: list[tuple[list[int], 
         for row, inputs in enumerate(batch):
             input_ids[row, :len(inputs)] = torch.tensor(inputs)
             attention[row, :len(inputs)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        logits = check_finite_logits(model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits)
         for row, inputs in enumerate(batch):
             for index in rows[inputs]:
                 tokens, continuation = prepared[index], requests[index][1]

@@ -19,6 +19,7 @@ from typing import Any
 
 from matlab.distributed.worker import EvaluationWorker, Task
 from matlab.errors import MatformerError
+from matlab.threads import worker_environment
 
 INSTALL_HINT = "pip install 'matformer-lab[distributed]'"
 
@@ -114,7 +115,11 @@ class WorkerPool:
                 raise DistributedError(f"--workers {settings.workers}: the Ray cluster has "
                                        f"{available.get(resource, 0.0):g} {resource}s, and each worker takes {each:g}; "
                                        "use fewer workers (or --gpus-per-worker, --threads-per-worker)")
-        self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus)(EvaluationWorker)
+        # The thread policy of this process (`matlab.threads`) reaches workers on other nodes too.
+        environment = worker_environment()
+        self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus,
+                                       **({"runtime_env": {"env_vars": environment}} if environment else {})
+                                       )(EvaluationWorker)
         self._arguments = (load, self.threads)
         self._setups: list[tuple[Task, Any]] = []  # (task, the payload in the object store)
         self._restarts_left = settings.workers if restarts is None else restarts

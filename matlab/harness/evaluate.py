@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from matlab.core.submodel import Submodel
+from matlab.errors import NonFiniteError
 from matlab.harness.hub_data import task_manager
 from matlab.harness.lm import DEFAULT_BOS_POLICY, MatformerLM
 from matlab.harness.suite import Suite, SuiteError, local_task_configs
@@ -87,6 +88,8 @@ def evaluate_submodel(submodel: Submodel, suite: Suite, limit: int | None = None
         try:
             results = _evaluate_task(lm, manager, spec, None if task.name in local else task.num_fewshot,
                                      task_limit, seed)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{submodel.name}: task {task.name}: {error}") from None
         except (ConnectionError, OSError) as error:
             raise SuiteError(f"task {task.name!r} could not load its dataset ({type(error).__name__}: "
                              f"{str(error)[:200]}); tasks from the Hugging Face Hub need a network connection "

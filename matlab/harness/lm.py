@@ -14,7 +14,9 @@ reports for that slice. What differs is kept here, each difference named:
 from __future__ import annotations
 
 from lm_eval.models.huggingface import HFLM
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from matlab.core.scoring import check_finite_logits
 from matlab.core.submodel import Submodel
 from matlab.errors import CheckpointError, InputError
 
@@ -54,6 +56,15 @@ class MatformerLM(HFLM):
         # HFLM's rolling windows call this with disable_tqdm=False written out.
         return super()._loglikelihood_tokens(requests, disable_tqdm=True, **options)
 
+    # Difference 4: non-finite logits fail the evaluation, in scoring and in generation.
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        return check_finite_logits(super()._model_call(inps, attn_mask=attn_mask, labels=labels))
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        processors = LogitsProcessorList(generation_kwargs.pop("logits_processor", None) or [])
+        processors.insert(0, _FiniteLogits())
+        return super()._model_generate(context, max_length, stop, logits_processor=processors, **generation_kwargs)
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = True) -> list[float]:
         if self.bos_policy == "lm-eval":
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
@@ -64,3 +75,10 @@ class MatformerLM(HFLM):
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         finally:
             self.add_bos_token = previous
+
+
+class _FiniteLogits(LogitsProcessor):
+    """Generation's check: each step's logits finite, before any other processor reads them."""
+
+    def __call__(self, input_ids, scores):
+        return check_finite_logits(scores)

@@ -92,7 +92,7 @@ def _run_identity(directory: Path, settings: SweepSettings) -> dict:
                 "limit": settings.limit, "materialize": settings.materialize, "device": settings.device,
                 "dtype": settings.dtype, "seed": settings.seed, "bos_policy": settings.bos_policy}
     # Only with an adapter: a run without one, of any version, keeps its identity.
-    return {**identity, "adapter": adapter_identity(settings.adapter)} if settings.adapter else identity
+    return {**identity, "adapter": adapter_identity(settings.adapter, directory)} if settings.adapter else identity
 
 
 def _load(checkpoint: str | Path, settings: SweepSettings) -> LoadedModel:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from matlab.core.scoring import check_finite_logits
 from matlab.errors import InputError
 
 OBJECTIVES = ("kl", "perplexity")
@@ -34,6 +35,8 @@ OBJECTIVES = ("kl", "perplexity")
 # piece, tokenized exactly as a whole.
 PIECE_CHARS = 1 << 20
 _READ_BYTES = 1 << 20
+# A JSONL record is parsed whole, so its line is held whole: at most this long.
+MAX_JSONL_LINE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,30 @@ def _file_pieces(blocks: Iterator[str], limit: int = PIECE_CHARS) -> Iterator[st
     yield pending
 
 
+def _jsonl_lines(stream, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, bytes) of each line, none held longer than MAX_JSONL_LINE_BYTES: a longer line
+    is measured in blocks (never held whole) and refused with its length."""
+    number = 0
+    while True:
+        raw = stream.readline(MAX_JSONL_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_JSONL_LINE_BYTES and not raw.endswith(b"\n"):
+            length = len(raw)
+            while not raw.endswith(b"\n"):
+                raw = stream.readline(_READ_BYTES)
+                if not raw:
+                    break
+                length += len(raw)
+            raise InputError(f"--calibration {path}: line {number} is {length:,} bytes long, and a JSONL line is read "
+                             f"whole (at most {MAX_JSONL_LINE_BYTES >> 20} MiB): split its text over several lines, "
+                             "or give it as a plain text file, which is read only as far as the tokens used")
+        yield number, raw
+
+
 def _jsonl_texts(stream, path: Path) -> Iterator[str]:
-    for number, raw in enumerate(stream, 1):
+    for number, raw in _jsonl_lines(stream, path):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -220,7 +245,7 @@ class Reference:
 
 def _logprobs(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
     device = model.get_input_embeddings().weight.device
-    return torch.log_softmax(model(input_ids=batch.to(device)).logits.float(), dim=-1)
+    return torch.log_softmax(check_finite_logits(model(input_ids=batch.to(device)).logits).float(), dim=-1)
 
 
 def _rest(logprobs: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,7 @@ def _search_locked(settings: SearchSettings, directory: Path, facts, progress: P
     identity = {**{key: value for key, value in arguments.items() if key not in not_identity},
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
                 "calibration_sha256": calibration.texts_sha256,
-                **({"adapter": adapter_identity(settings.adapter)} if settings.adapter else {})}
+                **({"adapter": adapter_identity(settings.adapter, directory)} if settings.adapter else {})}
     identity = _resumed_identity(settings, identity)
     check_directory(settings.out, identity)
     pool = _start_pool(settings)

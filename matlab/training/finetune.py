@@ -20,15 +20,17 @@ import torch
 
 from matlab.architecture import facts_from_checkpoint
 from matlab.core.loading import load_model, load_tokenizer
-from matlab.errors import InputError
+from matlab.core.memory import check_batch_fits
+from matlab.errors import DivergedError, InputError, OutputExistsError
 from matlab.io.lock import run_directory_lock
+from matlab.io.reader import CheckpointFiles
 from matlab.io.staging import check_apart, check_output, staged_output
 from matlab.model_card import checkpoint_identity
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.resolve import resolve_checkpoint
 from matlab.training.cards import write_finetune_card
 from matlab.training.data import WindowOrder, read_text_file, read_windows
-from matlab.training.nested import NestedLora
+from matlab.training.nested import NestedLora, check_lora_rank
 from matlab.training.slices import slice_for_step, trained_slices
 from matlab.training.state import RunState, partial_directory
 
@@ -78,8 +80,8 @@ def check_settings(settings: FinetuneSettings) -> None:
                                ("--max-tokens", settings.max_tokens, 2)):
         if value < low:
             raise InputError(f"{option} {value}: must be at least {low}")
-    if not settings.learning_rate > 0:
-        raise InputError(f"--learning-rate {settings.learning_rate}: must be positive")
+    if not (math.isfinite(settings.learning_rate) and settings.learning_rate > 0):
+        raise InputError(f"--learning-rate {settings.learning_rate}: must be a positive finite number")
     if not 0 < settings.full_share <= 1:
         raise InputError(f"--full-share {settings.full_share}: must be above 0 and at most 1")
     if settings.configs and not settings.nested:
@@ -102,9 +104,15 @@ def run_finetune(settings: FinetuneSettings, command: str | None = None,
     directory = resolve_checkpoint(settings.checkpoint)
     inputs = (directory, settings.data, *settings.configs)
     partial = partial_directory(settings.out)
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise OutputExistsError(f"{partial}: is a link or a file, where the run keeps its state in a folder of its own "
+                                "(never written through a link); remove it, or choose another --out")
     check_apart(partial, inputs, option="--out")
     check_output(settings.out, settings.force, inputs)  # refused now, not after the training
     facts = facts_from_checkpoint(directory)
+    # Numbers that size what is allocated, checked against this model and machine first.
+    check_lora_rank(settings.rank, facts.family, CheckpointFiles(directory))
+    check_batch_fits("--batch-size", settings.batch_size, settings.sequence_length, facts, settings.device)
     slices = trained_slices(facts.text_only(), list(settings.configs), settings.nested)
     windows = read_windows(load_tokenizer(directory), read_text_file(settings.data), str(settings.data),
                            settings.sequence_length, settings.max_tokens)
@@ -131,13 +139,18 @@ def _train(settings: FinetuneSettings, lora: NestedLora, slices, windows, state:
            progress: Progress) -> None:
     parameters = list(lora.adapter.values())
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
-    saved = state.load()
+    saved = state.load(settings.steps, lora.adapter)
     if saved is not None:
         lora.load_adapter(saved["adapter"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise InputError(f"{state.path}: 'optimizer' cannot be restored ({type(error).__name__}); remove "
+                             f"{state.directory} to start over, or pass --force") from None
         torch.set_rng_state(saved["rng"])
         result.resumed_at, result.curve = saved["step"], saved["curve"]
     order = WindowOrder(windows.count, settings.batch_size, settings.seed)
+    saved_step = result.resumed_at
     progress.start(settings.steps, completed=result.resumed_at, description="fine-tuning")
     started = time.perf_counter()
     for step in range(result.resumed_at, settings.steps):
@@ -146,11 +159,13 @@ def _train(settings: FinetuneSettings, lora: NestedLora, slices, windows, state:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
         loss = lora(entry.plan, input_ids=batch, labels=batch).loss
+        value = float(loss.detach())
+        _check_finite(value, parameters, step, state, saved_step, "loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        value = float(loss.detach())
+        _check_finite(value, parameters, step, state, saved_step, "adapter")
         result.curve.append({"step": step, "slice": entry.name, "loss": round(value, 4),
                              "seconds": round(time.perf_counter() - started, 2)})
         progress.describe(f"fine-tuning {entry.name} loss {value:.3f}")
@@ -158,4 +173,20 @@ def _train(settings: FinetuneSettings, lora: NestedLora, slices, windows, state:
         if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
             state.save({"step": step + 1, "adapter": {name: p.detach().cpu() for name, p in lora.adapter.items()},
                         "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "curve": result.curve})
+            saved_step = step + 1
     result.seconds = time.perf_counter() - started
+
+
+def _check_finite(loss: float, parameters: list[torch.Tensor], step: int, state: RunState, saved_step: int,
+                  what: str) -> None:
+    """Stop a run whose loss (`what` "loss") or adapter ("adapter") stopped being finite (a
+    learning rate too high, bad data): the state saved last, of finite weights, stays in place
+    and nothing is published."""
+    if what == "loss" and math.isfinite(loss):
+        return
+    if what == "adapter" and all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
+        return
+    kept = f"its state from step {saved_step} is kept in {state.directory}" if saved_step else "no state was saved yet"
+    found = f"the loss is not finite ({loss})" if what == "loss" else "the adapter holds values that are not finite"
+    raise DivergedError(f"step {step}: {found}, so the run stopped and published nothing; {kept}; start over with "
+                        "--force and a lower --learning-rate")

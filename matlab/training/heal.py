@@ -10,6 +10,7 @@ and after, are measured by the search's functions, the "after" on the checkpoint
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ import torch
 from matlab.architecture import facts_from_checkpoint
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import load_model, load_tokenizer
-from matlab.errors import InputError
+from matlab.core.memory import check_batch_fits
+from matlab.errors import DivergedError, InputError
+from matlab.io.reader import CheckpointFiles
 from matlab.io.staging import check_output
 from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
@@ -29,7 +32,7 @@ from matlab.slice_config import load_slice_config
 from matlab.training.data import WindowOrder
 from matlab.training.distill import Distillation, distillation_loss, prepare, split_calibration
 from matlab.training.healed import write_healed
-from matlab.training.nested import NestedLora, submodel_outputs
+from matlab.training.nested import NestedLora, check_lora_rank, submodel_outputs
 
 METHODS = ("lora", "weights")
 DEFAULT_RATES = {"lora": 2e-3, "weights": 3e-4}
@@ -74,8 +77,9 @@ def check_settings(settings: HealSettings) -> None:
                                ("--top-k", settings.top_k, 1)):
         if value < low:
             raise InputError(f"{option} {value}: must be at least {low}")
-    if settings.learning_rate is not None and not settings.learning_rate > 0:
-        raise InputError(f"--learning-rate {settings.learning_rate}: must be positive")
+    rate = settings.learning_rate
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise InputError(f"--learning-rate {settings.learning_rate}: must be a positive finite number")
 
 
 def _trainer(method: str, model: torch.nn.Module, facts, plan: SlicePlan, rank: int):
@@ -107,6 +111,9 @@ def _train(settings: HealSettings, distillation: Distillation, forward, paramete
         for group in optimizer.param_groups:  # linear decay to a tenth: a short run on one slice
             group["lr"] = rate * (1 - 0.9 * step / settings.steps)
         loss = distillation_loss(forward(ids.to(device)), top_logprobs, top_ids, rest_logprobs)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"step {step}: the KL to the full model is not finite ({float(loss)}), so healing "
+                                "stopped and wrote nothing; run it again with a lower --learning-rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -114,6 +121,9 @@ def _train(settings: HealSettings, distillation: Distillation, forward, paramete
         curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
         progress.describe(f"healing: KL {curve[-1]['loss']:.4f}")
         progress.advance()
+    if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
+        raise DivergedError(f"after step {settings.steps - 1}: the trained weights hold values that are not finite, so "
+                            "healing wrote nothing; run it again with a lower --learning-rate")
     return curve
 
 
@@ -124,11 +134,16 @@ def run_heal(settings: HealSettings, command: str | None = None, progress: Progr
     inputs = (directory, settings.config, settings.calibration, settings.heldout)
     check_output(settings.out, settings.force, inputs)  # refused now, not after the training
     facts = facts_from_checkpoint(directory)
+    if settings.method == "lora":
+        check_lora_rank(settings.rank, facts.family, CheckpointFiles(directory))
     config = load_slice_config(settings.config)
     plan = SlicePlan.build(config, facts.text_only(), str(settings.config))
     train, heldout = split_calibration(load_tokenizer(directory), settings.calibration, settings.heldout,
                                        settings.checkpoint in EMBEDDED, settings.window, settings.calibration_tokens,
                                        settings.batch_size)
+    # A step trains one batch of windows: as many as --batch-size, or all the calibration has.
+    check_batch_fits("--batch-size", settings.batch_size, settings.window, facts, settings.device,
+                     windows=max(len(batch) for batch in train.batches))
     loaded = load_model(directory, device=settings.device, dtype="float32")
     progress.start(None, description="the full model's distributions")
     distillation = prepare(loaded.model, train, heldout, settings.top_k)

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from matlab.adapters import PEFT_PREFIX, SlicedAdapter, cut_tensor, lora_tensor_spec
+from matlab.adapters import PEFT_PREFIX, SlicedAdapter, cut_tensor, lora_tensor_spec, quiet_peft
 from matlab.architecture import ArchFacts
 from matlab.core.elastic import build_submodel, parameter_views
+from matlab.errors import InputError
 from matlab.families import Family
+from matlab.io.reader import CheckpointFiles
 from matlab.plan import SlicePlan, TensorSpec
 
 ADAPTER_NAME = "default"  # PEFT's name for the one adapter of a model
@@ -38,6 +40,19 @@ def lora_targets(family: Family) -> str:
     modules = [name.removesuffix(".weight") for name in (*family.attention_tensors, *family.ffn_cuts)]
     layer = family.layer_tensor.pattern.removesuffix("(.+)").replace("(", "(?:")  # layers\.(?:\d+)\.
     return rf"(?:.*\.)?{layer}(?:{'|'.join(re.escape(module) for module in modules)})"
+
+
+def check_lora_rank(rank: int, family: Family, files: CheckpointFiles, option: str = "--lora-rank") -> None:
+    """Refuse a rank above the smaller dimension of a weight LoRA would adapt (read from the
+    checkpoint's headers, before PEFT allocates rank x dimension tensors for every layer)."""
+    targets = re.compile(lora_targets(family))
+    dimensions = sorted((min(info.shape), name) for name, info in files.tensors.items()
+                        if len(info.shape) == 2 and targets.fullmatch(name.removesuffix(".weight")))
+    if dimensions and rank > dimensions[0][0]:
+        smallest, name = dimensions[0]
+        raise InputError(f"{option} {rank}: above the dimensions of {name} {list(files.tensors[name].shape)}; a LoRA "
+                         f"rank is at most the smaller dimension of every weight it adapts: use {option} {smallest} "
+                         "or less")
 
 
 def lora_config(family: Family, rank: int, alpha: float):
@@ -84,7 +99,8 @@ class NestedLora:
     def _with_lora(self, plan: SlicePlan) -> nn.Module:
         from peft import inject_adapter_in_model
 
-        model = inject_adapter_in_model(self.config, build_submodel(self.model, plan), adapter_name=ADAPTER_NAME)
+        with quiet_peft():
+            model = inject_adapter_in_model(self.config, build_submodel(self.model, plan), adapter_name=ADAPTER_NAME)
         return model.train()
 
     def _skeleton(self, plan: SlicePlan) -> _Skeleton:
