@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from matlab.util.threads import apply_thread_policy
 
-import pytest
-import torch
+apply_thread_policy()  # before torch starts: the tests' own process waits as the tool's processes do
 
-from helpers import add_consumer_kv, perturb, tiny_text_config, tiny_text_model, write_tokenizer_files
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import add_consumer_kv, perturb, tiny_text_config, tiny_text_model, write_tokenizer_files  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,6 @@ def sample_ids() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def runtime_model(tmp_path_factory) -> Path:
     """E4B's layer structure at tiny widths, well conditioned, with a SentencePiece tokenizer."""
-    from matlab.conformance.testmodel import write_runtime_test_model
+    from matlab.runtimes.testmodel import write_runtime_test_model
 
     return write_runtime_test_model(tmp_path_factory.mktemp("runtime-model") / "model", seed=0)

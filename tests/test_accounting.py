@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_arch, facts_from_checkpoint
-from matlab.inventory import built_inventory, inventory_from_checkpoint, inventory_from_facts
+from matlab.arch.facts import facts_from_arch, facts_from_checkpoint
+from matlab.arch.inventory import built_inventory, inventory_from_checkpoint, inventory_from_facts
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
 from matlab.slice_config import SliceConfig, load_slice_config
 
 OFFICIAL = sorted((Path(__file__).resolve().parent.parent / "slice_configs" / "gemma-3n-e4b").glob("*.yaml"))

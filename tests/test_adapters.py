@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from matlab.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, slice_adapter
 from matlab.errors import InputError
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, slice_adapter
+from matlab.slicing.slicer import slice_checkpoint
 
 from helpers import SLICE_CASES
 

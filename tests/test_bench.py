@@ -6,7 +6,7 @@ from matlab.bench.process import BenchError
 from matlab.bench.slice_bench import bench_slice, verify_same_tensors
 from matlab.io.reader import CheckpointFiles
 from matlab.slice_config import SliceConfig, dump_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 
 def test_bench_slice_measures_and_verifies(tiny_multimodal, tmp_path):
@@ -47,7 +47,7 @@ def test_verify_detects_differences(tiny_text, tmp_path):
 
 def test_bench_sweep_elastic_and_materialized_agree(tmp_path):
     from matlab.bench.sweep_bench import bench_sweep
-    from matlab.harness.demo import demo_inputs
+    from matlab.demo import demo_inputs
 
     configs, suite = demo_inputs()
     chosen = [path for path in configs if path.stem in ("nano-e2b", "nano-l4")]
@@ -107,7 +107,7 @@ def test_bench_nano_capacity_cli_prints_points_and_command():
 
 def test_bench_search_compares_strategies_and_baselines(tmp_path):
     from matlab.bench.search_bench import bench_search
-    from matlab.bundled import resolve_suite
+    from matlab.slice_config.bundled import resolve_suite
 
     budget = 2_200_000
     result = bench_search("nano", [budget], resolve_suite("nano"), tmp_path / "work", max_evals=45, seeds=(0,),

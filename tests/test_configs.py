@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from matlab.arith import parse_int_expression, parse_int_list
-from matlab.csv_import import import_official_csv, read_official_csv
 from matlab.errors import CsvImportError, OutputExistsError, SliceConfigError
 from matlab.slice_config import dump_slice_config, load_slice_config, parse_slice_config
+from matlab.slice_config.csv_import import import_official_csv, read_official_csv
+from matlab.util.arith import parse_int_expression, parse_int_list
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_CSV = REPO / "slice_configs" / "gemma-3n-e4b" / "gemma3n-slicing-configs.csv"

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.conformance.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, Runner, conform, runner_for
-from matlab.conformance.envs import INSTALLED, RUNNERS
 from matlab.errors import InputError
+from matlab.runtimes.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, Runner, conform, runner_for
+from matlab.runtimes.envs import INSTALLED, RUNNERS
 
 from helpers import tiny_text_model
 
@@ -125,7 +125,7 @@ def test_conform_command_exit_codes_and_json(tiny_text, tmp_path, monkeypatch):
 
 def test_matrix_table_marks_wrong_rules_and_names_no_local_paths(tmp_path):
     from matlab.bench.runtime_matrix import Case, MatrixRow, SliceKind, render_matrix
-    from matlab.conformance.conform import Conformance
+    from matlab.runtimes.conform import Conformance
 
     kind = SliceKind("skip-before-shared", "skip layer 17", (17,), 128)
     crashed = Conformance("llama.cpp", "0.3.36", str(tmp_path / "slice"), "f32", CRASHES,

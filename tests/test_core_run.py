@@ -16,7 +16,7 @@ from matlab.core.loading import load_model
 from matlab.core.scoring import perplexity, score_continuations
 from matlab.core.submodel import select_submodel
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 runner = CliRunner()
 E2B_LIKE = SliceConfig(name="nested", layers_skipped=[10, 11, 12], ffn_widths=128)

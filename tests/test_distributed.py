@@ -19,14 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from matlab.bundled import resolve_config_entry, resolve_suite
 from matlab.core.loading import load_model
 from matlab.distributed.pool import DistributedError, PoolSettings, WorkerPool
-from matlab.harness.report import build_report
 from matlab.harness.results import TIMING_FIELDS
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
+from matlab.report.report import build_report
 from matlab.search.run import SearchSettings, run_search
+from matlab.slice_config.bundled import resolve_config_entry, resolve_suite
 
 CONFIGS = [path for path in resolve_config_entry("nano") if path.stem in ("nano-e2b", "nano-l1", "nano-s1", "nano-b1",
                                                                            "nano-e4b", "nano-s3")]

@@ -11,7 +11,7 @@ from matlab.core.elastic import build_submodel
 from matlab.core.loading import load_model
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 from helpers import SLICE_CASES
 

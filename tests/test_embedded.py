@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from matlab.core.loading import load_model
-from matlab.resolve import resolve_checkpoint
+from matlab.io.resolve import resolve_checkpoint
 
 
 def test_nano_resolves_and_matches_its_world():
@@ -24,7 +24,7 @@ def test_control_slices_collapse_where_the_matformer_slices_hold():
     MatFormer-trained nano does, measured on held-out text."""
     from matlab.core.scoring import perplexity
     from matlab.core.submodel import select_submodel
-    from matlab.harness.demo import demo_inputs
+    from matlab.demo import demo_inputs
     from matlab.nano.world import heldout_text, make_world
     from matlab.slice_config import load_slice_config
 

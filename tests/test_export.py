@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.conformance.envs import INSTALLED, LLAMA_CPP_PYTHON, ROOT_VARIABLE
+from matlab.runtimes.envs import INSTALLED, ROOT_VARIABLE
+from matlab.runtimes.llama_cpp import LLAMA_CPP_PYTHON
 
 cli = CliRunner()
 
@@ -121,7 +122,8 @@ def test_a_slices_recorded_formats_are_the_formats_its_config_counted(tiny_multi
     """`export --type formats` types each tensor of the slice by the weight formats its
     provenance records, re-read on the slice's renumbered layers: the bytes equal what `params`
     counted on the source for the same config (layers named by base index, some skipped)."""
-    from matlab.conformance.gguf import FORMATS_TYPE, default_type, recorded_tensor_formats
+    from matlab.runtimes.gguf import PER_TENSOR as FORMATS_TYPE
+    from matlab.runtimes.gguf import default_type, recorded_tensor_formats
 
     config = tmp_path / "q.yaml"
     config.write_text("name: q\nlayers_skipped: [2, 11]\nffn_widths: 128\nweight_formats:\n  default: q8_0\n"

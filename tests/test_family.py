@@ -10,14 +10,14 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.errors import CheckpointError, SliceConfigError
 from matlab.families import Family, register_family, unregister_family
-from matlab.inventory import inventory_from_checkpoint
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 RENAMES = [("model.", "decoder."), ("layers.", "blocks."), ("mlp.gate_proj", "ffn.w_gate"),
            ("mlp.up_proj", "ffn.w_up"), ("mlp.down_proj", "ffn.w_down"),

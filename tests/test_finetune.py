@@ -16,16 +16,16 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
 from matlab.cli import app
 from matlab.core.elastic import build_submodel
 from matlab.core.loading import load_model
 from matlab.core.submodel import select_submodel
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
+from matlab.slice_config.validation import check_slice_config
 from matlab.training import nested
 from matlab.training.nested import NestedLora
-from matlab.validation import check_slice_config
 
 from helpers import SLICE_CASES
 
@@ -179,8 +179,8 @@ def test_bad_input_is_one_line_and_nothing_is_written(tiny_text, data_file, tmp_
 
 def test_new_people_are_named_by_words_nano_knows_and_no_old_person_is_new():
     from matlab.core.loading import load_tokenizer
+    from matlab.io.resolve import resolve_checkpoint
     from matlab.nano.world import make_world, new_people_world
-    from matlab.resolve import resolve_checkpoint
 
     tokenizer = load_tokenizer(resolve_checkpoint("nano"))
     world = new_people_world()

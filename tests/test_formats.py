@@ -12,13 +12,12 @@ from gguf import quants as gguf_quants
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_arch, facts_from_checkpoint
+from matlab.arch.facts import facts_from_arch, facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint, inventory_from_facts
 from matlab.cli import app
 from matlab.errors import FormatError, SliceConfigError
 from matlab.formats import (
     FORMATS,
-    QuantizedWeight,
     block_shape,
     check_format,
     dequantize,
@@ -26,12 +25,13 @@ from matlab.formats import (
     round_trip,
     tensor_bytes,
 )
-from matlab.inventory import inventory_from_checkpoint, inventory_from_facts
+from matlab.formats.cache import QuantizedWeight
 from matlab.io.reader import CheckpointFiles
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
+from matlab.plan.tensor_formats import tensor_format, tensor_formats
 from matlab.slice_config import dump_slice_config, load_slice_config, parse_slice_config
-from matlab.tensor_formats import tensor_format, tensor_formats
-from matlab.validation import check_slice_config
+from matlab.slice_config.validation import check_slice_config
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.harness.report import build_report
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepError, SweepSettings, run_sweep
+from matlab.report.report import build_report
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -140,7 +140,7 @@ def test_hub_suite_offline_fails_before_any_work_naming_the_datasets(tmp_path):
 
 def test_a_limited_demo_scales_its_search_down_with_the_limit():
     """Its least search still gets below the demo's budget: test_packaging runs the demo with --limit 1."""
-    from matlab.harness.demo import (
+    from matlab.demo import (
         LEAST_CALIBRATION_TOKENS,
         LEAST_SEARCH_EVALS,
         SEARCH_CALIBRATION_TOKENS,

@@ -13,10 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from matlab.cli import app
+from matlab.core.calibration import kl_to_reference, make_calibration, reference_distributions
 from matlab.core.loading import load_tokenizer
-from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
 from matlab.slice_config import SliceConfig, dump_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 from helpers import SLICE_CASES
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from matlab.architecture import facts_from_arch, facts_from_checkpoint
+from matlab.arch.facts import facts_from_arch, facts_from_checkpoint
 from matlab.cli import app
-from matlab.csv_import import import_official_csv, read_official_csv
 from matlab.errors import CheckpointError, CsvImportError, SliceConfigError
 from matlab.slice_config import SliceConfig, load_slice_config, parse_slice_config
-from matlab.validation import check_slice_config
+from matlab.slice_config.csv_import import import_official_csv, read_official_csv
+from matlab.slice_config.validation import check_slice_config
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_CSV = REPO / "slice_configs" / "gemma-3n-e4b" / "gemma3n-slicing-configs.csv"

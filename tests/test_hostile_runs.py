@@ -18,15 +18,15 @@ import torch
 from typer.testing import CliRunner
 
 from matlab.cli import app
+from matlab.core.calibration import PIECE_CHARS, make_calibration, read_calibration, texts_digest
 from matlab.core.loading import load_tokenizer
 from matlab.errors import InputError, MatformerError, MatformerWarning
-from matlab.harness.report import ReportError, build_report
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
 from matlab.io.lock import LOCK_FILE, run_directory_lock
-from matlab.resolve import resolve_checkpoint
-from matlab.search.objective import PIECE_CHARS, make_calibration, read_calibration, texts_digest
+from matlab.io.resolve import resolve_checkpoint
+from matlab.report.report import ReportError, build_report
 from matlab.search.run import SearchSettings, run_search
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from matlab.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from matlab.cli import app
 from matlab.errors import InputError
+from matlab.slicing.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -393,9 +393,9 @@ def test_non_finite_logits_fail_the_evaluation_with_one_line(broken_checkpoint, 
 # -- reading only what is needed -------------------------------------------------------------------
 
 def test_a_jsonl_line_longer_than_any_text_needs_is_refused_with_its_length_in_bounded_memory(tmp_path):
+    from matlab.core.calibration import make_calibration, read_calibration
     from matlab.core.loading import load_tokenizer
-    from matlab.resolve import resolve_checkpoint
-    from matlab.search.objective import make_calibration, read_calibration
+    from matlab.io.resolve import resolve_checkpoint
 
     path = tmp_path / "long.jsonl"
     line_bytes = 40 << 20
@@ -423,7 +423,7 @@ def test_conform_resolves_a_relative_path_before_the_child_runs(tiny_text, tmp_p
 
 
 def test_a_bundled_name_wins_over_a_folder_of_that_name_and_a_path_reaches_the_folder(tmp_path, monkeypatch):
-    from matlab.bundled import bundled_root, resolve_config_entry, resolve_suite
+    from matlab.slice_config.bundled import bundled_root, resolve_config_entry, resolve_suite
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nano").mkdir()

@@ -96,3 +96,34 @@ def test_no_import_cycle_in_the_package():
                     for name, edges in graph.items()}
     cycle = find_cycle(modules_only)
     assert cycle is None, " -> ".join(cycle)
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to for the layering: `matlab.core.loading` -> `matlab.core`;
+    a top-level module (`matlab.errors`) is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Edges between matlab's packages (and top-level modules): one where any module of the first
+    imports any of the second. The root package `matlab` (its version) is left out: it imports nothing."""
+    packages: dict[str, set[str]] = {}
+    for name, edges in graph.items():
+        source = package_of(name)
+        packages.setdefault(source, set())
+        packages[source].update(package_of(target) for target in edges
+                                if package_of(target) not in (source, "matlab") and source != "matlab")
+    return packages
+
+
+def test_package_graph_finds_a_cycle_between_packages():
+    graph = {"matlab.a.x": {"matlab.b.y"}, "matlab.b.y": set(), "matlab.b.z": {"matlab.a.w"}, "matlab.a.w": set()}
+    assert find_cycle(package_graph(graph)) in (["matlab.a", "matlab.b", "matlab.a"], ["matlab.b", "matlab.a", "matlab.b"])
+
+
+def test_no_import_cycle_between_packages():
+    """The packages are layers: util, io, families, formats, arch, slice_config, plan, runtimes,
+    slicing, core, harness, search, report, training, ... each imports only from those below it
+    (docs/architecture.md)."""
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, " -> ".join(cycle)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from matlab.bundled import resolve_config_entry
 from matlab.cli import app
 from matlab.cli.common import INTERRUPTED_EXIT
+from matlab.slice_config.bundled import resolve_config_entry
 
 runner = CliRunner()
 NANO = {path.stem: path for path in resolve_config_entry("nano")}

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 CONFIG = SliceConfig(name="mixed", layers_skipped=[11], ffn_widths=[128, 256] * 7)  # tiny: 15 layers, consumers 10..14
 

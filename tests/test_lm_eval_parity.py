@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from matlab.bundled import resolve_config_entry, resolve_suite
 from matlab.cli import app
 from matlab.core.loading import load_model
 from matlab.core.submodel import select_submodel
 from matlab.harness.lm import MatformerLM
 from matlab.harness.suite import load_suite, local_task_configs
 from matlab.slice_config import SliceConfig, load_slice_config
+from matlab.slice_config.bundled import resolve_config_entry, resolve_suite
 
 E2B = next(path for path in resolve_config_entry("nano") if path.stem == "nano-e2b")
 

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from matlab.architecture import facts_from_config
-from matlab.synth import synthesize_checkpoint
+from matlab.arch.facts import facts_from_config
+from matlab.slicing.synth import synthesize_checkpoint
 
 from helpers import tiny_text_config
 
@@ -15,7 +15,7 @@ MEASURE = """
 import json, resource, sys
 from pathlib import Path
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 slice_checkpoint(Path(sys.argv[1]), SliceConfig(name="e2b-like", layers_skipped=[10, 11], ffn_widths=128),
                  Path(sys.argv[2]), chunk_bytes=2**20)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import Gemma3nForCausalLM
 
-from matlab.architecture import facts_from_config
+from matlab.arch.facts import facts_from_config
 from matlab.core.loading import load_model
 from matlab.nano.configs import nano_configs
 from matlab.nano.evals import write_eval_data
@@ -20,7 +20,7 @@ from matlab.nano.train import TrainSettings, submodel_loss, train_nano
 from matlab.nano.world import ATTRIBUTES, EVAL_FRAMES, TRAIN_FRAMES, document, fact_questions, make_world
 from matlab.plan import SlicePlan
 from matlab.slice_config import dump_slice_config
-from matlab.validation import check_slice_config
+from matlab.slice_config.validation import check_slice_config
 
 from helpers import tiny_text_model
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tomllib
 
-from matlab.harness.demo import SEARCH_BUDGET
+from matlab.demo import SEARCH_BUDGET
 
 REPO = Path(__file__).resolve().parent.parent
 

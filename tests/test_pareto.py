@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from matlab.harness.pareto import (
+from matlab.report.analysis import (
     Measured,
     Timing,
     cheapest_equivalent,
@@ -14,10 +14,10 @@ from matlab.harness.pareto import (
     combined_stderr,
     latency_doubts,
     noisy_steps,
-    pareto_front,
     significant,
     within_noise,
 )
+from matlab.util.pareto import pareto_front
 
 
 def test_simple_front():

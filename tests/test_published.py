@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_arch
-from matlab.bundled import resolve_suite
-from matlab.harness.report import build_report
+from matlab.arch.facts import facts_from_arch
+from matlab.arch.inventory import inventory_from_facts
 from matlab.harness.results import RUN_FILE, record_config
 from matlab.harness.suite import SuiteError, load_suite
-from matlab.inventory import inventory_from_facts
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
+from matlab.report.report import build_report
 from matlab.slice_config import load_slice_config
+from matlab.slice_config.bundled import resolve_suite
 
 REPO = Path(__file__).resolve().parent.parent
 E4B_CONFIGS = REPO / "slice_configs" / "gemma-3n-e4b"

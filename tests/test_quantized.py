@@ -1,4 +1,4 @@
-"""Submodels at their weight formats (`matlab.core.quantized`), against an independent oracle:
+"""Submodels at their weight formats (`matlab.formats.cache`), against an independent oracle:
 transformers' own model of the slice whose every weight went through the `gguf` package's
 reference quantizer and back, by the format rules written out here."""
 
@@ -92,8 +92,8 @@ def test_each_weight_is_quantized_once_and_narrower_ffns_are_views(tiny_text, sa
 
 
 def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, monkeypatch):
-    import matlab.core.quantized as quantized
-    from matlab.core.quantized import FormatCache
+    import matlab.formats.cache as quantized
+    from matlab.formats.cache import FormatCache
 
     loaded = load_model(tiny_text)
     name = "model.embed_tokens_per_layer.weight"  # 384 x 120: rows of 120, f16 and bf16 take any row
@@ -109,7 +109,7 @@ def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, m
 def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
     """The one-time quantization is minutes on a full-size model: it runs on threads, with the
     same results, and shows progress to the end."""
-    from matlab.core.quantized import FormatCache
+    from matlab.formats.cache import FormatCache
     from matlab.progress import Progress
 
     class Recorded(Progress):
@@ -142,7 +142,7 @@ def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
 def test_an_interrupted_prepare_stops_without_quantizing_the_rest_and_can_start_again(tiny_text):
     """Ctrl-C during the one-time quantization stops it (queued weights dropped), leaves only
     whole round trips behind, and a later prepare finishes the job."""
-    from matlab.core.quantized import FormatCache
+    from matlab.formats.cache import FormatCache
     from matlab.progress import Progress
 
     class Interrupting(Progress):

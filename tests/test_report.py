@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from matlab.cli import app
-from matlab.harness.report import build_report
-from matlab.harness.report_scores import Score, format_score, log_scale
-from matlab.harness.report_tables import shown_path
 from matlab.harness.results import RUN_FILE, record_config
+from matlab.report.report import build_report
+from matlab.report.scores import Score, format_score, log_scale
+from matlab.report.tables import shown_path
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -198,7 +198,7 @@ def test_keys_never_overlap_and_stay_inside_the_axes():
     """Two dozen points, some coincident and many crowded, as a sweep's configs are."""
     import matplotlib.pyplot as plt
 
-    from matlab.harness.plots import STYLES, Mark, Series, _marker_boxes, _place_keys
+    from matlab.report.draw import STYLES, Mark, Series, _marker_boxes, _place_keys
 
     costs = [2.38, 2.47, 3.57, 3.67, 3.77, 3.87, 4.02, 4.06, 4.06, 4.26, 4.28, 4.28, 4.56, 4.56, 4.65, 5.05,
              0.75, 1.07, 1.24, 1.47, 1.72, 1.90, 2.06, 2.16]

@@ -15,7 +15,7 @@ from matlab.bench.process import BenchError, run_measured
 from matlab.cli import app
 from matlab.errors import CheckpointError
 from matlab.slice_config import SliceConfig, dump_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 runner = CliRunner()
 
@@ -120,7 +120,7 @@ def test_benchmark_process_failure_is_a_typed_error():
 
 
 def test_same_submodel_spelled_twice_is_one_identity(tiny_text, tmp_path):
-    from matlab.architecture import facts_from_checkpoint
+    from matlab.arch.facts import facts_from_checkpoint
     from matlab.harness.suite import load_suite
     from matlab.harness.sweep import SweepError, SweepSettings, run_sweep
     from matlab.plan import SlicePlan
@@ -135,7 +135,7 @@ def test_same_submodel_spelled_twice_is_one_identity(tiny_text, tmp_path):
         not in identities
     for config in (scalar, listed):
         (tmp_path / f"{config.name}.yaml").write_text(dump_slice_config(config))
-    from matlab.bundled import resolve_suite
+    from matlab.slice_config.bundled import resolve_suite
 
     with pytest.raises(SweepError, match=r"listed.yaml and .*scalar.yaml describe the same submodel"):
         run_sweep(tiny_text, sorted(tmp_path.glob("*.yaml")), tmp_path / "run",

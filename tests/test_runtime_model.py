@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from matlab.conformance.testmodel import write_runtime_test_model
 from matlab.errors import OutputExistsError
+from matlab.runtimes.testmodel import write_runtime_test_model
 
 TEXTS = ["the quamu of dorsen is 42.", "Straße über déjà vu", "  two spaces,\ttabs\nand a newline",
          "unseen letters: 日本語 ✓ 🤖", "Karitomu 12345 naïve!"]

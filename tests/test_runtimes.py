@@ -7,14 +7,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from matlab.architecture import facts_from_arch
+from matlab.arch.facts import facts_from_arch
 from matlab.cli import app
 from matlab.errors import InputError, SliceConfigError
 from matlab.nano.model import nano_config, nano_facts
 from matlab.plan import SlicePlan
-from matlab.runtimes import RUNTIME_FACTS, expected_in, runs_in, runtime_violations, runtimes_line
+from matlab.runtimes import RUNTIMES as RUNTIME_FACTS
+from matlab.runtimes import expected_in, runs_in, runtime_violations, runtimes_line
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 runner = CliRunner()
 E4B = facts_from_arch("gemma-3n-e4b")
@@ -146,7 +147,7 @@ def test_block_formats_run_only_where_gguf_files_do(runtime):
     """A config whose weight formats name a GGUF block type is that quantized model: it runs in
     llama.cpp (measured: `bench formats-kl`) and is refused, naming the type, where `slice` writes
     safetensors; float formats stay allowed everywhere."""
-    from matlab.weight_formats import WeightFormats
+    from matlab.slice_config.weight_formats import WeightFormats
 
     def plan(formats):
         return SlicePlan.build(SliceConfig(name="q", layers_skipped=(20, 21, 22, 23, 24), ffn_widths=8192,
@@ -160,3 +161,67 @@ def test_block_formats_run_only_where_gguf_files_do(runtime):
     assert "weight-formats" not in _rules(floats, runtime)
     assert "weight-formats" not in _rules(quantized, "llama.cpp") and "llama.cpp" in runs_in(quantized)
     assert runtime not in runs_in(quantized) + expected_in(quantized)
+
+
+# -- the registry: each runtime one whole record --------------------------------------------------
+
+def test_every_registered_runtime_is_a_whole_record():
+    """A runtime added without one of its parts fails here, naming the part."""
+    from pathlib import Path
+
+    from matlab.formats import FORMATS
+    from matlab.runtimes import MODULES
+    from matlab.runtimes.base import ANOTHER_MODEL, CRASHES, REFUSES, RUNNERS
+
+    repository = Path(__file__).resolve().parent.parent
+    assert list(RUNTIME_FACTS) == list(MODULES) and "transformers" in MODULES
+    for name, runtime in RUNTIME_FACTS.items():
+        assert runtime.name == name, f"{MODULES[name]}: RUNTIME.name is {runtime.name}"
+        assert runtime.package and runtime.layout.name and runtime.formats, f"{name}: package, layout or formats missing"
+        assert set(runtime.formats) <= set(FORMATS), f"{name}: formats {runtime.formats} not all weight formats"
+        for rule in runtime.rules:
+            assert rule.outcome in (REFUSES, CRASHES, ANOTHER_MODEL), f"{name}: rule {rule.name}'s outcome"
+            assert rule.evidence.startswith(("measured", "read:", "by construction")), f"{name}: {rule.name} cites"
+            for cited in (word.strip(";,()") for word in rule.evidence.split()):
+                if cited.startswith(("reports/", "tests/")):
+                    assert (repository / cited).is_file(), f"{name}: rule {rule.name} cites {cited}, not in the repository"
+        if runtime.runner is None or (runtime.environment is None and name != "transformers"):
+            assert runtime.unavailable, f"{name}: no runner or environment, and no word on why"
+        if runtime.runner is not None:
+            assert (RUNNERS / runtime.runner).is_file(), f"{name}: runner {runtime.runner} is not in runners/"
+        if runtime.measured:
+            assert runtime.measured_version and runtime.runner, f"{name}: measured, but on no version or runner"
+
+
+def test_the_version_rules_were_measured_on_is_the_version_installed_and_the_matrix_records(monkeypatch, tmp_path):
+    """The pin each environment installs is the record's measured version, and the runtime
+    matrix (reports/runtimes.md) was measured on that version."""
+    import re
+    from pathlib import Path
+
+    from matlab.runtimes import envs, installable
+
+    matrix = (Path(__file__).resolve().parent.parent / "reports" / "runtimes.md").read_text(encoding="utf-8")
+    recorded = dict(re.findall(r"([\w.-]+) (\d[\w.]*)", matrix.split("Runtimes:", 1)[1].split(";", 1)[0]))
+    for name in installable():
+        runtime = RUNTIME_FACTS[name]
+        assert runtime.requirement == f"{runtime.package}=={runtime.measured_version}"
+        if name in recorded:
+            assert recorded[name] == runtime.measured_version, f"{name}: rules measured on {recorded[name]}"
+        commands: list[list[str]] = []
+
+        class Stop(Exception):
+            pass
+
+        def fake_step(command, directory, log, variables=None, commands=commands):
+            commands.append(command)
+            if "pip" in command and ("install" in command or "download" in command):
+                raise Stop
+
+        monkeypatch.setattr(envs, "run_step", fake_step)
+        monkeypatch.setenv(envs.ROOT_VARIABLE, str(tmp_path / "envs"))
+        (tmp_path / "envs" / name / "venv" / "bin").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "envs" / name / "venv" / "bin" / "python").touch()
+        with pytest.raises(Stop):
+            envs.install_runtime(name, lambda line: None)
+        assert runtime.requirement in commands[-1], f"{name}: installs {commands[-1]}, not {runtime.requirement}"

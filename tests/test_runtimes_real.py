@@ -1,5 +1,5 @@
 """Conformance runs in the real runtimes: what each one does with each slice kind must be what
-`matlab/runtimes.py` predicts, and where it runs its log-probs must be transformers'.
+`matlab/runtimes/` predicts, and where it runs its log-probs must be transformers'.
 
 Opt in with `-m runtimes` after `matformer runtimes install ...` (`.ci/runtimes` does both);
 the llama.cpp cases are also marked `llama_cpp` (it compiles from source). A runtime that is
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from matlab.bench.runtime_matrix import E4B_SHAPED, NANO, planned_runs, run_case
-from matlab.conformance.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, conform
-from matlab.conformance.envs import interpreter
-from matlab.resolve import resolve_checkpoint
+from matlab.io.resolve import resolve_checkpoint
+from matlab.runtimes.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, conform
+from matlab.runtimes.envs import interpreter
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 pytestmark = pytest.mark.runtimes
 LLAMA_CPP = pytest.mark.llama_cpp
@@ -102,9 +102,9 @@ def test_slice_runtime_llama_cpp_then_conform_cli_agree(runtime_model, tmp_path)
 def test_llama_cpp_kl_at_weight_formats_equals_ours(runtime_model, tmp_path, case):
     """The KL our evaluation gives a slice at its weight formats is llama.cpp's on the exported
     GGUF (a type per tensor): measured within 2.4e-5 on KLs of 2e-5 to 0.016 (reports/benchmarks.md)."""
-    from matlab.architecture import facts_from_checkpoint
+    from matlab.arch.facts import facts_from_checkpoint
     from matlab.bench.formats_kl import format_cases
-    from matlab.conformance.kl import compare_kl
+    from matlab.bench.gguf_kl import compare_kl
 
     config, = [config for config in format_cases(facts_from_checkpoint(runtime_model)) if config.name == case]
     result = compare_kl(runtime_model, config, tmp_path)

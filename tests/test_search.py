@@ -14,19 +14,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.cli import app
-from matlab.config_files import check_config_files
 from matlab.core.loading import load_model
 from matlab.errors import InputError
-from matlab.inventory import inventory_from_checkpoint
+from matlab.io.resolve import resolve_checkpoint
 from matlab.plan import SlicePlan
-from matlab.resolve import resolve_checkpoint
+from matlab.plan.accounting import count_parameters
 from matlab.runtimes import runtime_violations
 from matlab.search.run import SearchSettings, run_search
 from matlab.slice_config import load_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.checks import check_config_files
+from matlab.slicing.slicer import slice_checkpoint
 
 runner = CliRunner()
 NANO = resolve_checkpoint("nano")

@@ -8,19 +8,19 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from matlab.accounting import count_parameters
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.cli import app
-from matlab.config_files import check_config_files
+from matlab.core.calibration import kl_to_reference, make_calibration, reference_distributions
 from matlab.core.loading import load_model
 from matlab.core.submodel import select_submodel
 from matlab.formats import FORMATS
-from matlab.inventory import inventory_from_checkpoint
+from matlab.io.resolve import resolve_checkpoint
 from matlab.plan import SlicePlan
-from matlab.resolve import resolve_checkpoint
-from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
+from matlab.plan.accounting import count_parameters
 from matlab.search.run import SearchSettings, calibration_texts, run_search
 from matlab.slice_config import load_slice_config
+from matlab.slicing.checks import check_config_files
 
 runner = CliRunner()
 NANO = resolve_checkpoint("nano")

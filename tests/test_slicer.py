@@ -11,10 +11,9 @@ import torch
 from safetensors import safe_open
 
 from matlab.errors import CheckpointError, OutputExistsError, SliceConfigError
-from matlab.io.staging import OUTPUT_MARKER
-from matlab.model_card import PROVENANCE_NAME
+from matlab.io.staging import OUTPUT_MARKER, PROVENANCE_NAME
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 from helpers import SLICE_CASES
 from oracle import load_full_text_model, oracle_logits

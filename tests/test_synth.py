@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.cli import app
-from matlab.inventory import inventory_from_checkpoint
-from matlab.synth import synthesize_checkpoint
+from matlab.slicing.synth import synthesize_checkpoint
 
 runner = CliRunner()
 

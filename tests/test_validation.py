@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from matlab.architecture import facts_from_arch, facts_from_checkpoint
+from matlab.arch.facts import facts_from_arch, facts_from_checkpoint
 from matlab.families import GEMMA3N
 from matlab.slice_config import SliceConfig
-from matlab.validation import check_slice_config
+from matlab.slice_config.validation import check_slice_config
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """`matformer bench contention`: the tool's work at rest and beside busy processes, as shipped
-before the thread policy (MATFORMER_THREAD_POLICY=off) against the policy (`matlab.threads`).
+before the thread policy (MATFORMER_THREAD_POLICY=off) against the policy (`matlab.util.threads`).
 
 Each run is a `matformer` command in a fresh process (the policy is read when torch starts),
 its wall and CPU seconds measured from outside. Busy loops are processes spinning in Python,
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from matlab.bench.process import BenchError
-from matlab.bundled import bundled_root
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.threads import SWITCH, WAIT_VARIABLES
+from matlab.slice_config.bundled import bundled_root
+from matlab.util.threads import SWITCH, WAIT_VARIABLES
 
 VARIANTS = {"shipped": {SWITCH: "off"}, "policy": {}}
 WORKLOADS = ("search", "evaluate", "heal", "latency")
@@ -86,7 +86,10 @@ def _run_once(workload: str, variant: str, loaded: bool, round_number: int, limi
             if os.waitstatus_to_exitcode(status) != 0:
                 stderr.seek(0)
                 last = (stderr.read().strip().splitlines() or ["(no output)"])[-1]
-                raise BenchError(f"`matformer {' '.join(command[3:5])}` failed ({variant}): {last}")
+                # The issue's search (12 evaluations at 2.2M) ends outside the budget: its work is
+                # the 12 evaluations all the same, which is what is timed.
+                if not (workload == "search" and "no candidate within the budget" in last):
+                    raise BenchError(f"`matformer {' '.join(command[3:5])}` failed ({variant}): {last}")
         spread = _latency_spread(work / "latency") if workload == "latency" else None
     return Run(workload, variant, loaded, round_number, round(wall, 2), round(usage.ru_utime + usage.ru_stime, 2),
                None if spread is None else round(spread, 3))

@@ -18,25 +18,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from matlab.accounting import count_parameters
-from matlab.architecture import ArchFacts, facts_from_checkpoint
+from matlab.arch.facts import ArchFacts, facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
+from matlab.core.calibration import kl_to_reference, make_calibration, reference_distributions
 from matlab.core.elastic import build_submodel
+from matlab.core.formatted import formatted_weights
 from matlab.core.loading import load_model
-from matlab.core.quantized import formatted_weights
 from matlab.core.submodel import format_cache
 from matlab.formats import block_shape, check_format
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
-from matlab.inventory import inventory_from_checkpoint
+from matlab.io.resolve import resolve_checkpoint
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import resolve_checkpoint
 from matlab.search.journal import SEARCH_FILE
-from matlab.search.objective import kl_to_reference, make_calibration, reference_distributions
 from matlab.search.run import SearchSettings, calibration_texts, run_search
 from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
-from matlab.weight_formats import WeightFormats
+from matlab.slice_config.weight_formats import WeightFormats
 
 
 def _file_bytes(directory: Path, config: SliceConfig) -> int:

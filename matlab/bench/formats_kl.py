@@ -6,10 +6,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from matlab.architecture import ArchFacts, facts_from_checkpoint
-from matlab.conformance.kl import KLComparison, compare_kl
-from matlab.conformance.testmodel import write_runtime_test_model
+from matlab.arch.facts import ArchFacts, facts_from_checkpoint
+from matlab.bench.gguf_kl import KLComparison, compare_kl
 from matlab.progress import NO_PROGRESS, Progress
+from matlab.runtimes.testmodel import write_runtime_test_model
 from matlab.slice_config import SliceConfig, parse_slice_config
 
 

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from matlab.core.loading import load_model
+from matlab.io.resolve import resolve_checkpoint
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import resolve_checkpoint
 from matlab.search.journal import CANDIDATES_FILE, read_journal
 from matlab.search.run import SearchSettings, run_search
 

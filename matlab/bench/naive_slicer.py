@@ -1,7 +1,7 @@
 """A baseline slicer written the way Google's MatFormer Lab notebook does it: load each whole
 tensor, slice it, accumulate a shard dict, and re-sum the dict's size after every tensor.
 
-Kept only as the benchmark's reference point; `matlab.slicer` is the real slicer.
+Kept only as the benchmark's reference point; `matlab.slicing.slicer` is the real slicer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
 from matlab.io.reader import INDEX_NAME, CheckpointFiles
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig

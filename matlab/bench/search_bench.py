@@ -15,7 +15,6 @@ import json
 import random
 from pathlib import Path
 
-from matlab.bundled import resolve_config_entry
 from matlab.harness.results import read_results
 from matlab.harness.suite import load_suite
 from matlab.harness.sweep import SweepSettings, run_sweep
@@ -25,13 +24,14 @@ from matlab.search.journal import SEARCH_FILE
 from matlab.search.run import SearchSettings, run_search
 from matlab.search.space import Budget, Candidate, SearchSpace
 from matlab.slice_config import dump_slice_config, load_slice_config
+from matlab.slice_config.bundled import resolve_config_entry
 
 
 def _space(checkpoint: str) -> SearchSpace:
-    from matlab.architecture import facts_from_checkpoint
+    from matlab.arch.facts import facts_from_checkpoint
+    from matlab.arch.inventory import inventory_from_checkpoint
     from matlab.core.loading import load_model
-    from matlab.inventory import inventory_from_checkpoint
-    from matlab.resolve import resolve_checkpoint
+    from matlab.io.resolve import resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
     return SearchSpace(facts_from_checkpoint(directory), inventory_from_checkpoint(directory), load_model(directory),

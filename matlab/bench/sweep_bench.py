@@ -19,9 +19,9 @@ from matlab.bench.process import BenchError, drop_page_cache, run_measured
 def _check_inputs(checkpoint: str | Path, configs: list[Path]) -> None:
     """Validate the checkpoint and every config here, so bad input stops with the library's own
     message (naming the field or layer) before any process starts or anything is written."""
-    from matlab.architecture import facts_from_checkpoint
+    from matlab.arch.facts import facts_from_checkpoint
+    from matlab.io.resolve import resolve_checkpoint
     from matlab.plan import SlicePlan
-    from matlab.resolve import resolve_checkpoint
     from matlab.slice_config import load_slice_config
 
     facts = facts_from_checkpoint(resolve_checkpoint(checkpoint))

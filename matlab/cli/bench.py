@@ -66,7 +66,7 @@ def bench_sweep_command(checkpoint: Annotated[str, typer.Option("--checkpoint", 
                         as_json: JsonOpt = False) -> None:
     """An elastic sweep against a --materialize sweep: end-to-end time and identical scores."""
     from matlab.bench.sweep_bench import bench_sweep
-    from matlab.bundled import resolve_suite
+    from matlab.slice_config.bundled import resolve_suite
 
     with reported_errors():
         paths = config_paths(configs)
@@ -175,9 +175,9 @@ def bench_search_command(
     """Search strategies at equal evaluations, and the search's best slice against random,
     uniform and hand-written slices on a held-out suite."""
     from matlab.bench.search_bench import bench_search
-    from matlab.bundled import resolve_suite
     from matlab.cli.common import RichProgress, quiet_evaluation
-    from matlab.sizes import parse_count
+    from matlab.slice_config.bundled import resolve_suite
+    from matlab.util.sizes import parse_count
 
     with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         try:
@@ -220,7 +220,7 @@ def bench_workers_command(
         as_json: JsonOpt = False) -> None:
     """A serial sweep against the same sweep on Ray workers: wall time, ratios, identical rows."""
     from matlab.bench.sweep_bench import bench_workers
-    from matlab.bundled import resolve_suite
+    from matlab.slice_config.bundled import resolve_suite
 
     with reported_errors():
         paths = config_paths(configs or ["nano"])
@@ -252,9 +252,9 @@ def bench_runtimes_command(
     """Every slice kind in every installed runtime, compared with transformers (reports/runtimes.md)."""
     from matlab.bench.runtime_matrix import run_matrix, write_matrix
     from matlab.cli.common import RichProgress
-    from matlab.conformance.envs import installed_versions
     from matlab.errors import InputError
-    from matlab.resolve import resolve_checkpoint
+    from matlab.io.resolve import resolve_checkpoint
+    from matlab.runtimes.envs import installed_versions
 
     command = shlex.join(["matformer", "bench", "runtimes", "--out", str(out), *[f"--runtime={r}" for r in runtime],
                           *[f"--kind={k}" for k in kind]])
@@ -313,8 +313,8 @@ def bench_formats_search_command(
         as_json: JsonOpt = False) -> None:
     """Widths, skips and formats searched together against slicing in bf16 and quantizing after."""
     from matlab.bench.formats_bench import bench_formats_search
-    from matlab.bundled import resolve_suite
     from matlab.cli.common import RichProgress, quiet_evaluation
+    from matlab.slice_config.bundled import resolve_suite
 
     with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
         result = bench_formats_search(checkpoint, [float(part) for part in fractions.split(",")],

@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 
 from matlab.errors import InputError, MatformerError, MatformerWarning
 from matlab.progress import Progress
-from matlab.threads import apply_thread_policy
+from matlab.util.threads import apply_thread_policy
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -63,6 +63,8 @@ GpusOpt = Annotated[Optional[float], typer.Option(
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads-per-worker", min=1, help="CPU threads (and Ray CPUs) per worker (default: this machine's cores shared "
                                         "out when Ray starts here, else 1).")]
+ComputeThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads torch computes with (default: torch's, one per core).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many documents per task.")]
 AdapterOpt = Annotated[Optional[Path], typer.Option(
     "--adapter", help="A PEFT LoRA adapter trained on the checkpoint, merged before slices are taken (each slice is "
@@ -214,7 +216,7 @@ def interruptible() -> Iterator[None]:
 def prepare_process() -> None:
     """For the `matformer` process only (called when its command line runs, not on import),
     before any command imports torch or tqdm, which read these once:
-    - the thread policy (`matlab.threads`): torch's threads sleep, not spin, while they wait;
+    - the thread policy (`matlab.util.threads`): torch's threads sleep, not spin, while they wait;
     - the libraries' own tqdm bars (lm-eval's, transformers') off: they would tear through
       the rich displays, which already report the work (TQDM_DISABLE=0 keeps them)."""
     apply_thread_policy()
@@ -308,7 +310,7 @@ class RichProgress(Progress):
 
 
 def parse_size_option(text: str, option: str) -> int:
-    from matlab.sizes import parse_size
+    from matlab.util.sizes import parse_size
 
     try:
         return parse_size(text)
@@ -318,8 +320,8 @@ def parse_size_option(text: str, option: str) -> int:
 
 def facts_of(checkpoint: str | None, arch: str | None):
     """(facts, directory or None) for exactly one of --checkpoint and --arch."""
-    from matlab.architecture import facts_from_arch, facts_from_checkpoint
-    from matlab.resolve import EMBEDDED, resolve_checkpoint
+    from matlab.arch.facts import facts_from_arch, facts_from_checkpoint
+    from matlab.io.resolve import EMBEDDED, resolve_checkpoint
 
     if (checkpoint is None) == (arch is None):
         raise usage_error("give exactly one of --checkpoint or --arch")
@@ -346,6 +348,6 @@ def pool_settings(workers: int | None, address: str | None, gpus: float | None, 
 def config_paths(entries: list[str]) -> list[Path]:
     """Config files named directly, folders of them (*.yaml), or bundled sets by name
     (`nano`, `gemma-3n-e4b`); each file once, sorted."""
-    from matlab.bundled import resolve_config_entry
+    from matlab.slice_config.bundled import resolve_config_entry
 
     return sorted({path for entry in entries for path in resolve_config_entry(entry)})

@@ -12,6 +12,7 @@ from rich.table import Table
 from matlab.cli.common import (
     AdapterOpt,
     BosOpt,
+    ComputeThreadsOpt,
     ConfigOpt,
     DeviceOpt,
     DtypeOpt,
@@ -33,18 +34,20 @@ from matlab.cli.common import (
     shown,
 )
 from matlab.cli.running import load_submodel
+from matlab.util.threads import apply_thread_policy
 
 
 def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
                  suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None, bos_policy: BosOpt = "lm-eval",
                  adapter: AdapterOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
-                 as_json: JsonOpt = False) -> None:
+                 as_json: JsonOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Evaluate one model (or one elastic slice) on a suite."""
-    from matlab.bundled import resolve_suite
+    apply_thread_policy(threads)
     from matlab.harness.evaluate import evaluate_submodel
     from matlab.harness.hub_data import require_datasets
     from matlab.harness.lm import check_bos_policy
     from matlab.harness.suite import load_suite
+    from matlab.slice_config.bundled import resolve_suite
 
     with reported_errors(), quiet_evaluation():
         loaded_suite = load_suite(resolve_suite(suite))
@@ -72,12 +75,13 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
           adapter: AdapterOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
           gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None,
-          device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32") -> None:
+          device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", threads: ComputeThreadsOpt = None) -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
-    from matlab.bundled import resolve_suite
+    apply_thread_policy(threads)
     from matlab.harness.lm import check_bos_policy
     from matlab.harness.suite import load_suite
     from matlab.harness.sweep import SweepSettings, run_sweep
+    from matlab.slice_config.bundled import resolve_suite
 
     with reported_errors(resumes=out), quiet_evaluation(), RichProgress() as progress:
         paths = config_paths(configs)
@@ -104,7 +108,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory
     The demo's own report, rebuilt from its --out OUT: matformer report OUT/sweep --out OUT/report
     --search OUT/search --compare OUT/control --compare-label "control (trained at full size only)" --force
     """
-    from matlab.harness.report import build_report
+    from matlab.report.report import build_report
 
     with reported_errors():
         path = build_report(run_dir, out, compare=compare, compare_label=compare_label, force=force, search=search)
@@ -114,13 +118,15 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory
 def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("matformer-demo"),
          limit: Annotated[Optional[int], typer.Option(
              "--limit", min=1, help="A quick run of every stage: at most this many documents per task, and a "
-                                    "search scaled down with it (10: about a minute on 2 cores).")] = None) -> None:
+                                    "search scaled down with it (10: about a minute on 2 cores).")] = None,
+                                    threads: ComputeThreadsOpt = None) -> None:
     """The main job on the embedded nano model: slice one config, sweep all nano configs on the
     nano suite (and the control on two), search for the best slices below nano-E2B and confirm
     them on the suite, write the HTML report.
 
     Ctrl-C stops it; the same command resumes it."""
-    from matlab.harness.demo import run_demo
+    apply_thread_policy(threads)
+    from matlab.demo import run_demo
 
     say(f"the demo writes everything under {out.resolve()} (a slice, a sweep, a search, the report)")
     with reported_errors(resumes=out), quiet_evaluation(search=True), RichProgress() as progress:

@@ -9,15 +9,18 @@ from typing import Annotated, Optional
 import typer
 
 from matlab.cli.common import ForceOpt, GuardedGroup, JsonOpt, console, finite, reported_errors, say, shown
+from matlab.runtimes import MODULES
 
 runtimes_app = typer.Typer(help="The real runtimes conformance runs use, each in its own environment.",
                            no_args_is_help=True, cls=GuardedGroup)
 
 
 @runtimes_app.command("install")
-def install(names: Annotated[list[str], typer.Argument(help="vllm, mlx-lm, mlx-vlm and/or llama.cpp.")]) -> None:
+def install(names: Annotated[list[str], typer.Argument(
+        help=f"Runtimes with an environment of their own, of {', '.join(MODULES)} (`matformer runtimes list`).")]
+            ) -> None:
     """Create each runtime's virtual environment (under $MATFORMER_RUNTIMES, else ~/.cache/matformer/runtimes)."""
-    from matlab.conformance.envs import install_runtime
+    from matlab.runtimes.envs import install_runtime
 
     with reported_errors():
         for name in names:
@@ -27,21 +30,25 @@ def install(names: Annotated[list[str], typer.Argument(help="vllm, mlx-lm, mlx-v
 @runtimes_app.command("list")
 def list_runtimes() -> None:
     """Which runtimes are installed, where, and their versions."""
-    from matlab.conformance.envs import ENVS, env_directory, installed_versions
+    from matlab.runtimes import RUNTIMES
+    from matlab.runtimes.envs import env_directory, installed_versions
 
     installed = installed_versions()
-    for name, spec in ENVS.items():
-        record = installed.get(name)
-        state = f"installed ({', '.join(spec.requirements[:2])})" if record else \
-            f"not installed: `matformer runtimes install {name}` (about {spec.minutes} min)"
+    for name, runtime in RUNTIMES.items():
+        if runtime.environment is None:
+            state = "runs in this environment" if runtime.runner else f"not installable: {runtime.unavailable}"
+            say(f"{name}: {state}")
+            continue
+        state = f"installed ({runtime.requirement})" if name in installed else \
+            f"not installed: `matformer runtimes install {name}` (about {runtime.environment.minutes} min)"
         say(f"{name}: {state} in {env_directory(name)}")
 
 
 def conform(model: Annotated[Path, typer.Argument(help="A slice directory written by `matformer slice`.")],
-            runtime: Annotated[str, typer.Option(help="llama.cpp, vllm, mlx-lm, mlx-vlm or transformers.")],
+            runtime: Annotated[str, typer.Option(help=f"One of {', '.join(MODULES)} with a runner (`runtimes list`).")],
             weight_type: Annotated[Optional[str], typer.Option(
                 "--type", help="llama.cpp only: GGUF weight type (f32, f16, bf16, q8_0, q4_0, q4_k_m, ..., or "
-                               "formats: a type per tensor from the slice config's weight_formats).")] = None,
+                               "per-tensor: a type per tensor from the slice config's weight_formats).")] = None,
             tokens: Annotated[int, typer.Option(min=2, max=4096, help="Tokens compared.")] = 64,
             tolerance: Annotated[Optional[float], typer.Option(
                 callback=finite,
@@ -52,7 +59,7 @@ def conform(model: Annotated[Path, typer.Argument(help="A slice directory writte
 
     Exit 0 when it runs (within the tolerance), 1 when it loads but computes another model,
     refuses to load, or crashes; the runtime's own message is printed."""
-    from matlab.conformance.conform import conform as run_conformance
+    from matlab.runtimes.conform import conform as run_conformance
 
     with reported_errors(), console.status(f"running {runtime} and transformers on {model}"):
         result = run_conformance(model, runtime, weight_type=weight_type, count=tokens, tolerance=tolerance,
@@ -69,13 +76,13 @@ def export(model: Annotated[Path, typer.Argument(help="A slice directory written
            out: Annotated[Path, typer.Option("--out", help="The GGUF file to write.")],
            export_format: Annotated[str, typer.Option("--format", help="Only gguf.")] = "gguf",
            weight_type: Annotated[Optional[str], typer.Option(
-               "--type", help="formats (a type per tensor, from the slice config's weight_formats: the default "
+               "--type", help="per-tensor (a type per tensor, from the slice config's weight_formats: the default "
                               "where it names them, else f16), f32, f16, bf16, q8_0 (llama.cpp's converter) or "
                               "q4_0, q4_k_m, q5_k_m, q6_k (its quantizer).")] = None,
            force: ForceOpt = False) -> None:
     """Write a slice as GGUF with llama.cpp's own converter (needs `matformer runtimes install llama.cpp`)."""
-    from matlab.conformance.gguf import default_type, export_gguf
     from matlab.errors import InputError
+    from matlab.runtimes.gguf import default_type, export_gguf
 
     with reported_errors(), console.status(f"converting {model} with llama.cpp's converter"):
         if export_format != "gguf":

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from matlab.cli.common import (
     AdapterOpt,
+    ComputeThreadsOpt,
     DeviceOpt,
     DtypeOpt,
     GpusOpt,
@@ -30,6 +31,8 @@ from matlab.cli.common import (
     usage_error,
     warn_line,
 )
+from matlab.runtimes import MODULES
+from matlab.util.threads import apply_thread_policy
 
 
 def _parse(text: str | None, option: str, parser):
@@ -65,7 +68,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
            max_bytes: Annotated[Optional[str], typer.Option(
                help="Budget in deployed weight bytes at --dtype: 3GB, 2.5GiB.")] = None,
            runtime: Annotated[Optional[str], typer.Option(
-               help="Only slices this runtime loads: transformers, vllm, mlx-lm, mlx-vlm, llama.cpp, ollama.")] = None,
+               help=f"Only slices this runtime loads: {', '.join(MODULES)}.")] = None,
            objective: Annotated[str, typer.Option(
                help="kl (to the full model's next-token distribution) or perplexity.")] = "kl",
            calibration: Annotated[Optional[Path], typer.Option(
@@ -92,11 +95,13 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
            limit: LimitOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
            gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None, device: DeviceOpt = "cpu",
            dtype: DtypeOpt = "float32",
-           as_json: JsonOpt = False) -> None:
+           as_json: JsonOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Find the Pareto set of slices (cost against objective) under a budget; a killed search resumes."""
-    from matlab.bundled import resolve_suite
+    apply_thread_policy(threads)
     from matlab.search.run import SearchSettings, run_search
-    from matlab.sizes import parse_count, parse_size
+    from matlab.slice_config.bundled import resolve_suite
+    from matlab.slice_config.weight_formats import WeightFormats
+    from matlab.util.sizes import parse_count, parse_size
 
     settings = SearchSettings(
         checkpoint, out, max_params=_parse(max_params, "--max-params", parse_count),
@@ -114,45 +119,31 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         warn_line(warning)
     summary = result.summary
     if as_json:
-        console.print_json(json.dumps(summary))
-    if summary["best"] is None:
-        fail_line(f"no candidate within the budget was evaluated in {summary['evaluated']} evaluations (the first "
+        console.print_json(json.dumps(summary.record))
+    best = summary.best
+    if best is None:
+        fail_line(f"no candidate within the budget was evaluated in {summary.evaluated} evaluations (the first "
                   "go to the full model and one-step moves from it); run again with a larger --max-evals to go on")
         raise typer.Exit(1)
     if as_json:
         return
-    with_formats = any("weight_formats" in entry for entry in summary["frontier"])
+    frontier = summary.frontier
+    with_formats = any(entry.weight_formats for entry in frontier)
     table = Table("frontier config", "effective params", "GGUF bytes" if with_formats else "weight bytes",
-                  *(["formats"] if with_formats else []), summary["objective"], "runs in",
-                  title=shown(f"{summary['evaluated']} candidates evaluated ({summary['evaluated_now']} now), "
-                               f"{summary['feasible']} within budget"))
-    for entry in summary["frontier"]:
-        formats_cell = [shown(_formats_line(entry.get("weight_formats")))] if with_formats else []
-        table.add_row(shown(entry["file"]), f"{entry['effective_params']:,}", f"{entry['weight_bytes']:,}",
-                      *formats_cell, f"{entry['value']:.4g}", ", ".join(entry["runs_in"]))
+                  *(["formats"] if with_formats else []), summary.objective, "runs in",
+                  title=shown(f"{summary.evaluated} candidates evaluated ({summary.evaluated_now} now), "
+                               f"{summary.feasible} within budget"))
+    for entry in frontier:
+        formats_cell = [shown(WeightFormats.model_validate(entry.weight_formats).summary())
+                        if entry.weight_formats else ""] if with_formats else []
+        table.add_row(shown(entry.file), f"{entry.effective_params:,}", f"{entry.weight_bytes:,}",
+                      *formats_cell, f"{entry.value:.4g}", ", ".join(entry.runs_in))
     console.print(table)
-    timing = summary["timing"]
-    say(f"{timing['candidates_per_minute']:.0f} candidates/minute "
-        f"(build {timing['build_seconds_per_candidate']:.3f} s, "
-        f"evaluate {timing['evaluate_seconds_per_candidate']:.3f} s each); best: {summary['best']['file']}; "
+    timing = summary.timing
+    say(f"{timing.candidates_per_minute:.0f} candidates/minute "
+        f"(build {timing.build_seconds_per_candidate:.3f} s, "
+        f"evaluate {timing.evaluate_seconds_per_candidate:.3f} s each); best: {best.file}; "
         f"results in {result.directory}" + (f"; confirmed in {result.confirm}" if result.confirm else ""))
-
-
-def _formats_line(formats: dict | None) -> str:
-    """A frontier entry's formats in a few words: how many layers' attention and FFN take each."""
-    if not formats:
-        return ""
-    counts: dict[str, int] = {}
-    layers = formats.get("layers") or []
-    for entry in layers:
-        count = entry.get("count", 1) if isinstance(entry, dict) else 1
-        groups = [entry] * 2 if isinstance(entry, str) else [entry.get("attention", formats["default"]),
-                                                               entry.get("ffn", formats["default"])]
-        for fmt in groups:
-            counts[fmt] = counts.get(fmt, 0) + count
-    layer_part = " ".join(f"{fmt}x{count}" for fmt, count in sorted(counts.items()))
-    return (f"emb {formats.get('embeddings', formats['default'])}, "
-            f"ple {formats.get('per_layer_embeddings', formats['default'])}, layers {layer_part}")
 
 
 def register(app: typer.Typer) -> None:

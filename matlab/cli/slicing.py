@@ -27,9 +27,10 @@ from matlab.cli.common import (
     shown,
     warn_line,
 )
+from matlab.runtimes import MODULES
 
 RuntimeOpt = Annotated[Optional[str], typer.Option(
-    "--runtime", help="transformers, vllm, mlx-lm, mlx-vlm, llama.cpp or ollama: also check the config against its "
+    "--runtime", help=f"{', '.join(MODULES)}: also check the config against its "
                       "assumptions (slice: and write the config as it reads it).")]
 
 configs_app = typer.Typer(help="Slice config files.", no_args_is_help=True, cls=GuardedGroup)
@@ -41,7 +42,7 @@ def configs_import(csv_path: Annotated[Path, typer.Argument(help="Google's slici
                    base: Annotated[Optional[str], typer.Option(help="Architecture the configs target.")] = None,
                    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False) -> None:
     """Convert every row of an official slicing-configs CSV into a slice config YAML."""
-    from matlab.csv_import import import_official_csv
+    from matlab.slice_config.csv_import import import_official_csv
 
     with reported_errors():
         written = import_official_csv(csv_path, out, base=base, force=force)
@@ -53,8 +54,8 @@ def validate(configs: Annotated[list[Path], typer.Argument(help="Slice config YA
              checkpoint: CheckpointOpt = None, arch: ArchOpt = None, runtime: RuntimeOpt = None) -> None:
     """Check slice configs against an architecture (and a runtime's assumptions); report every
     problem, exit 1 if any is an error. With --checkpoint, its weights' headers are checked too."""
-    from matlab.config_files import check_config_files
     from matlab.io.reader import CheckpointFiles, has_weights
+    from matlab.slicing.checks import check_config_files
 
     with reported_errors():
         facts, directory = facts_of(checkpoint, arch)
@@ -79,9 +80,9 @@ def params(checkpoint: CheckpointOpt = None, arch: ArchOpt = None,
            text_only: Annotated[bool, typer.Option(help="Account the text-only checkpoint.")] = False,
            as_json: JsonOpt = False) -> None:
     """Exact parameter counts of a model or of a slice of it."""
-    from matlab.accounting import count_parameters
-    from matlab.inventory import inventory_from_checkpoint, inventory_from_facts
+    from matlab.arch.inventory import inventory_from_checkpoint, inventory_from_facts
     from matlab.plan import SlicePlan
+    from matlab.plan.accounting import count_parameters
     from matlab.slice_config import load_slice_config
 
     with reported_errors():
@@ -131,9 +132,9 @@ def slice_command(checkpoint: Annotated[str, typer.Argument(help="Full checkpoin
                                         "OUT/adapter (load it with PeftModel.from_pretrained).")] = None,
                   force: ForceOpt = False) -> None:
     """Write a sliced checkpoint with bounded memory; the output appears only when complete and read back."""
-    from matlab.resolve import resolve_checkpoint
+    from matlab.io.resolve import resolve_checkpoint
     from matlab.slice_config import load_slice_config
-    from matlab.slicer import slice_checkpoint
+    from matlab.slicing.slicer import slice_checkpoint
 
     shard_bytes = parse_size_option(max_shard_size, "--max-shard-size")
     command = shlex.join(["matformer", "slice", checkpoint, "--config", str(config), "--out", str(out),
@@ -164,7 +165,7 @@ def synth(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
           max_shard_size: Annotated[str, typer.Option(help="Largest shard, e.g. 5GB.")] = "5GB",
           force: ForceOpt = False) -> None:
     """Write a random checkpoint with the exact tensor names, shapes and dtype of an architecture."""
-    from matlab.synth import synthesize_checkpoint
+    from matlab.slicing.synth import synthesize_checkpoint
 
     shard_bytes = parse_size_option(max_shard_size, "--max-shard-size")
     with reported_errors():

@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from matlab.cli.common import DeviceOpt, DtypeOpt, ForceOpt, RichProgress, finite, reported_errors, say
+from matlab.cli.common import (
+    ComputeThreadsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    RichProgress,
+    finite,
+    reported_errors,
+    say,
+)
+from matlab.util.threads import apply_thread_policy
 
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds the initialization and the data order.")]
@@ -53,9 +63,11 @@ def finetune(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint dir
                                                                            "killed run resumes from it).")] = 50,
              max_tokens: Annotated[int, typer.Option("--max-tokens", help="Read at most this many tokens of "
                                                                            "--data.")] = 4_000_000,
-             device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", force: ForceOpt = False) -> None:
+             device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", force: ForceOpt = False,
+             threads: ComputeThreadsOpt = None) -> None:
     """LoRA fine-tuning whose one adapter serves every slice: with --nested each step trains one
     deployed slice through the elastic core. Killed, the same command resumes it."""
+    apply_thread_policy(threads)
     from matlab.training.finetune import FinetuneSettings, run_finetune
     from matlab.training.state import partial_directory
 
@@ -106,9 +118,10 @@ def heal(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint directo
          top_k: Annotated[int, typer.Option("--top-k", help="The full model's top tokens kept per position.")] = 128,
          seed: SeedOpt = 0,
          text_only: Annotated[bool, typer.Option(help="Drop audio/vision; write a text-only checkpoint.")] = False,
-         device: DeviceOpt = "cpu", force: ForceOpt = False) -> None:
+         device: DeviceOpt = "cpu", force: ForceOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Heal a slice by distillation from the full model (KL on its next-token distributions) and
     write it as a checkpoint, with the KL before and after on held-out text in its card."""
+    apply_thread_policy(threads)
     from matlab.training.heal import HealSettings, run_heal
 
     settings = HealSettings(checkpoint, config, out, method=method, steps=steps, learning_rate=learning_rate,

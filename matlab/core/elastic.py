@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from transformers import PreTrainedModel
 
 from matlab.core.loading import empty_model
@@ -59,7 +60,7 @@ def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, parameter: bool
 
 
 # Where a submodel's weight comes from instead of the full model's own parameter (the weights at
-# a config's formats, `matlab.core.quantized`): given the parameter's name and spec, None (the
+# a config's formats, `matlab.formats.cache`): given the parameter's name and spec, None (the
 # parameter itself), or (a tensor of the parameter's shape, to be cut by the spec, False) or
 # (the tensor already cut, True).
 WeightSource = Callable[[str, TensorSpec], "tuple[torch.Tensor, bool] | None"]
@@ -138,3 +139,12 @@ def build_submodel(full: PreTrainedModel, plan: SlicePlan, weights: WeightSource
     submodel.config._attn_implementation = full.config._attn_implementation
     submodel.generation_config = full.generation_config
     return submodel.eval()
+
+
+def submodel_outputs(full: nn.Module, plan: SlicePlan, skeleton: nn.Module | None = None, **inputs) -> object:
+    """The outputs of the submodel of `plan` on `inputs`, its weights views of the full model's
+    tensors under autograd, so that gradients land in the full model. `skeleton`: the plan's
+    `build_submodel` result from an earlier call (building one costs as much as a nano step)."""
+    skeleton = skeleton if skeleton is not None else build_submodel(full, plan)
+    views, _ = parameter_views(full, plan)
+    return functional_call(skeleton, views, args=(), kwargs=inputs, strict=False)

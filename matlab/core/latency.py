@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from matlab.dtypes import torch_name
+from matlab.util.dtypes import torch_name
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from safetensors import safe_open
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from matlab.adapters import cut_adapter, quiet_peft
-from matlab.architecture import ArchFacts, facts_from_checkpoint
-from matlab.dtypes import RUN_DTYPES, torch_dtype
+from matlab.arch.facts import ArchFacts, facts_from_checkpoint
 from matlab.errors import CheckpointError, InputError, shown_value
 from matlab.io.reader import CheckpointFiles, TensorInfo
+from matlab.io.resolve import resolve_checkpoint
 from matlab.plan import SlicePlan
-from matlab.resolve import resolve_checkpoint
+from matlab.slicing.adapters import cut_adapter, quiet_peft
+from matlab.util.dtypes import RUN_DTYPES, torch_dtype
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LoadedModel:
     tokenizer: object | None
     device: torch.device
     dtype: torch.dtype
-    # Round trips of the weights through weight formats (`matlab.core.quantized.FormatCache`),
+    # Round trips of the weights through weight formats (`matlab.formats.cache.FormatCache`),
     # made on the first submodel that names formats and kept for the next.
     format_cache: object | None = field(default=None, repr=False)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from matlab.architecture import ArchFacts
+from matlab.arch.facts import ArchFacts
 from matlab.errors import InputError
 
 _FLOAT32 = 4

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.core.elastic import build_submodel
+from matlab.core.formatted import formatted_weights
 from matlab.core.loading import LoadedModel
-from matlab.core.quantized import FormatCache, formatted_weights
-from matlab.inventory import inventory_from_checkpoint
+from matlab.formats.cache import FormatCache
 from matlab.plan import SlicePlan
+from matlab.plan.tensor_formats import tensor_formats
 from matlab.slice_config import SliceConfig
-from matlab.tensor_formats import tensor_formats
-from matlab.validation import Problem
+from matlab.slice_config.validation import Problem
 
 
 @dataclass
@@ -80,7 +81,7 @@ def file_bytes(loaded: LoadedModel, config: SliceConfig, source: str = "config")
 
 def select_submodel(loaded: LoadedModel, config: SliceConfig | None, source: str = "config") -> Submodel:
     """The full model (config None) or the elastic submodel for `config`, sharing weights; with
-    `weight_formats`, each weight as the config's GGUF formats hold it (`matlab.core.quantized`),
+    `weight_formats`, each weight as the config's GGUF formats hold it (`matlab.formats.cache`),
     and the bytes are that file's."""
     if config is None:
         plan = SlicePlan.identity(loaded.facts)

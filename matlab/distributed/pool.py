@@ -19,7 +19,7 @@ from typing import Any
 
 from matlab.distributed.worker import EvaluationWorker, Task
 from matlab.errors import MatformerError
-from matlab.threads import worker_environment
+from matlab.util.threads import worker_environment
 
 INSTALL_HINT = "pip install 'matformer-lab[distributed]'"
 
@@ -115,7 +115,7 @@ class WorkerPool:
                 raise DistributedError(f"--workers {settings.workers}: the Ray cluster has "
                                        f"{available.get(resource, 0.0):g} {resource}s, and each worker takes {each:g}; "
                                        "use fewer workers (or --gpus-per-worker, --threads-per-worker)")
-        # The thread policy of this process (`matlab.threads`) reaches workers on other nodes too.
+        # The thread policy of this process (`matlab.util.threads`) reaches workers on other nodes too.
         environment = worker_environment()
         self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=gpus,
                                        **({"runtime_env": {"env_vars": environment}} if environment else {})

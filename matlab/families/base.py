@@ -110,7 +110,7 @@ class Family:
     ple_table = ""
     # Groups of the non-text tensors of a multimodal checkpoint, by full-name prefix.
     component_groups: dict[str, tuple[str, ...]] = {}
-    # GGUF storage (`matlab.tensor_formats`): per-layer tensor suffixes of the attention block
+    # GGUF storage (`matlab.plan.tensor_formats`): per-layer tensor suffixes of the attention block
     # (a layer's `attention` format); 2-D tensors llama.cpp's converter stores in F32 whatever
     # the file's type (per-layer ones by suffix); tables its loader sizes by `vocab_size_key`,
     # which the converter pads with zero rows to that size.
@@ -228,6 +228,10 @@ class Family:
         text_config.update({self.num_layers_key: len(kept_layers), self.ffn_widths_key: list(ffn_widths),
                             self.num_kv_shared_key: num_kv_shared})
         return text_config
+
+    def sparse_layers(self, text_config: dict[str, Any]) -> list[int]:
+        """Layers with activation sparsity, which some runtimes build differently (none by default)."""
+        return []
 
     def text_only_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config.json of the text model alone. The dtype of a multimodal checkpoint is

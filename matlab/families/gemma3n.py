@@ -1,6 +1,6 @@
 """Gemma 3n: the family of the released E4B/E2B checkpoints, the nano model and the tests'.
 
-Facts (see the README's "Gemma 3n" notes): FFN `gate_proj`/`up_proj` are [width, hidden] and
+Facts: FFN `gate_proj`/`up_proj` are [width, hidden] and
 cut on rows, `down_proj` is [hidden, width] and cut on columns; the per-layer embedding table
 `embed_tokens_per_layer` [vocab, layers * block] holds layer i's columns in block i and
 `per_layer_model_projection` [layers * block, hidden] its rows; the last

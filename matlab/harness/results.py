@@ -10,13 +10,11 @@ naming the file (and line) and what to do, never read as if they were results.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from matlab.errors import InputError, shown_value
+from matlab.io.rundir import json_kind, jsonl_values, read_json_file, write_atomic
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -37,46 +35,6 @@ FIELD_KINDS = {"config": "string", "submodel_id": "string", "task": "string", "m
                "value": "number", "effective_params": "integer", "weight_bytes": "integer"}
 # pandas reads JSON integers as 64-bit ("Value is too big!" past that).
 _INT64 = (-(1 << 63), 1 << 63)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def read_json_file(path: Path, fix: str) -> Any:
-    """The JSON value in `path`; an InputError naming the file, what is wrong with it and `fix`
-    (what to do) for a file that cannot be read, is not UTF-8 or is not JSON."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text (byte {error.start}); {fix}") from None
-    if not text.strip():
-        raise InputError(f"{path}: empty; {fix}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}); {fix}") from None
-    except (ValueError, RecursionError):  # an integer too long to convert, arrays nested too deep
-        raise InputError(f"{path}: not JSON that can be read; {fix}") from None
-
-
-def json_kind(value: Any) -> str:
-    """What a JSON value is, in JSON's words: 'an object', 'a list', 'a string', 'a number'..."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
 def _wrong_kind(name: str, value: Any, kind: str) -> str | None:
@@ -160,35 +118,6 @@ def record_config(run_dir: Path, key: str, rows: list[dict[str, Any]]) -> None:
     """Record one finished config, then rebuild results.jsonl from every recorded config."""
     write_atomic(config_result_path(run_dir, key), json.dumps(rows, indent=1) + "\n")
     rebuild_results(run_dir)
-
-
-# What `jsonl_values` yields in place of a value for a last line cut short that it drops.
-TORN_LINE = object()
-
-
-def jsonl_values(path: Path, fix: str, drop_torn: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of a JSON-lines file, read as it goes; a
-    line that is not JSON is an InputError naming the file, the line and `fix`, except, with
-    `drop_torn`, a last line cut short (no newline), yielded as (number, TORN_LINE). OSError
-    passes through, for the caller to say what to do."""
-    with path.open("rb") as stream:
-        for number, raw in enumerate(stream, 1):
-            if not raw.strip():
-                continue
-            torn = not raw.endswith(b"\n")
-            try:  # without its newline, so that a column counts within the line
-                value = json.loads(raw.removesuffix(b"\n").decode("utf-8"))
-            except UnicodeDecodeError:
-                raise InputError(f"{path}: line {number} is not UTF-8 text; {fix}") from None
-            except json.JSONDecodeError as error:
-                if torn and drop_torn:
-                    yield number, TORN_LINE
-                    return
-                raise InputError(f"{path}: line {number} is not valid JSON (column {error.colno}"
-                                 f"{', cut short' if torn else ''}); {fix}") from None
-            except (ValueError, RecursionError):  # an integer too long to convert, arrays nested too deep
-                raise InputError(f"{path}: line {number} is not JSON that can be read; {fix}") from None
-            yield number, value
 
 
 def check_results_lines(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> None:

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from matlab import __version__
-from matlab.accounting import count_parameters
-from matlab.adapters import adapter_identity
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.core.latency import Latency, round_robin_latency
 from matlab.core.loading import LoadedModel, load_model
 from matlab.core.submodel import Submodel, select_submodel
@@ -39,24 +38,22 @@ from matlab.harness.results import (
     SERIAL_LATENCY,
     check_run_files,
     finished_keys,
-    json_kind,
-    read_json_file,
     rebuild_results,
     record_config,
     recorded_configs,
     recorded_rows,
-    write_atomic,
 )
 from matlab.harness.suite import Suite
-from matlab.inventory import inventory_from_checkpoint
 from matlab.io.lock import run_directory_lock
+from matlab.io.rundir import checkpoint_identity, json_kind, read_json_file, write_atomic
 from matlab.io.staging import check_apart
-from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
+from matlab.plan.accounting import count_parameters
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.runtimes import expected_in, runs_in
 from matlab.slice_config import SliceConfig, load_slice_config
-from matlab.slicer import ADAPTER_FOLDER, slice_checkpoint
+from matlab.slicing.adapters import adapter_identity
+from matlab.slicing.slicer import ADAPTER_FOLDER, slice_checkpoint
 
 
 class SweepError(MatformerError):
@@ -211,7 +208,7 @@ def run_sweep(checkpoint: str | Path, config_paths: list[Path], run_dir: Path, s
     """Evaluate every config not yet recorded in `run_dir`; returns the keys evaluated now.
     `progress` counts configs and names the one being evaluated. With `pool`, the configs are
     spread over Ray workers (`matlab.distributed`); the rows are the same."""
-    from matlab.resolve import resolve_checkpoint
+    from matlab.io.resolve import resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
     check_apart(run_dir, [directory, *config_paths], replaces=False)  # a run is added to, never replaced

@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from matlab.dtypes import SAFETENSORS_SIZES
 from matlab.errors import CheckpointError
+from matlab.util.dtypes import SAFETENSORS_SIZES
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

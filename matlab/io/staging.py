@@ -32,8 +32,10 @@ from matlab.errors import MatformerWarning, OutputExistsError
 
 # Written into every output, so that `--force` replaces only what this tool made.
 OUTPUT_MARKER = ".matformer-output"
+# The machine-readable record written beside every slice (`matlab.slicing.card`).
+PROVENANCE_NAME = "matformer_provenance.json"
 # Outputs of versions before the marker: a slice's provenance, a report that names the tool.
-_LEGACY_PROVENANCE = "matformer_provenance.json"
+_LEGACY_PROVENANCE = PROVENANCE_NAME
 _LEGACY_REPORT = ("index.html", b"MatFormer Lab")
 FRESH_S = 10.0
 _RENAME_EXCHANGE = 2  # linux/fs.h

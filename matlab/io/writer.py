@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from matlab.dtypes import SAFETENSORS_SIZES
 from matlab.io.reader import INDEX_NAME
+from matlab.util.dtypes import SAFETENSORS_SIZES
 
 # copy_file_range errors that mean "not between these files": fall back to pread and write.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}

@@ -12,7 +12,7 @@ import random
 
 from transformers import Gemma3nTextConfig
 
-from matlab.architecture import ArchFacts, facts_from_config
+from matlab.arch.facts import ArchFacts, facts_from_config
 from matlab.families import GEMMA3N
 from matlab.slice_config import SliceConfig
 

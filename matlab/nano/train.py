@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Gemma3nForCausalLM
 
+from matlab.core.elastic import submodel_outputs
 from matlab.nano.model import FFN, nano_config, nano_facts, nested_e2b, random_mix_n_match
 from matlab.nano.tokenizer import build_tokenizer
 from matlab.nano.world import World, document, make_world
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.training.nested import submodel_outputs
 
 GRANULARITIES = ("full", "nano-E2B", "mix")
 

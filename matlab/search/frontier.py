@@ -6,19 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matlab.harness.pareto import pareto_front
+from matlab.core.calibration import Calibration
 from matlab.plan import SlicePlan
 from matlab.runtimes import expected_in, runs_in, runtimes_line
 from matlab.search.algorithm import Evaluator
 from matlab.search.journal import FRONTIER_DIR, Journal
-from matlab.search.objective import Calibration
 from matlab.search.space import Budget, Candidate, SearchSpace
 from matlab.slice_config import Reference, dump_slice_config
-from matlab.weight_formats import WeightFormats
-
-
-def format_count(count: int) -> str:
-    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+from matlab.slice_config.weight_formats import WeightFormats
+from matlab.util.pareto import pareto_front
+from matlab.util.sizes import short_count
 
 
 def journal_record(candidate: Candidate, objective: str, value: float, phase: str, order: int, build: float,
@@ -62,7 +59,7 @@ def write_frontier(journal: Journal, space: SearchSpace, budget: Budget, evaluat
     bytes_at = "GGUF file bytes at its weight_formats" if space.formats else f"weight bytes at {dtype}"
     for rank, record in enumerate(front):
         candidate = recorded_candidate(space, record)
-        name = f"found-{format_count(record['effective_params'])}"
+        name = f"found-{short_count(record['effective_params'])}"
         name = name if all(entry["name"] != name for entry in entries) else f"{name}-{record['submodel_id'][:6]}"
         plan = SlicePlan.build(candidate.config(name), space.facts, name)
         measured = {"effective_params": record["effective_params"], "weight_bytes": record["weight_bytes"],

@@ -18,8 +18,8 @@ from typing import Any
 
 from matlab import __version__
 from matlab.errors import InputError, MatformerError
-from matlab.harness.results import TORN_LINE, json_kind, jsonl_values, read_json_file, write_atomic
 from matlab.io.lock import is_lock_file
+from matlab.io.rundir import TORN_LINE, changed_keys, json_kind, jsonl_values, read_json_file, write_atomic
 from matlab.io.staging import staged_output
 
 SEARCH_FILE = "search.json"
@@ -52,12 +52,6 @@ def recorded_identity(directory: Path) -> dict[str, Any] | None:
         what = "has no search identity" if isinstance(summary, dict) else f"holds {json_kind(summary)}, not an object"
         raise InputError(f"{search_file}: {what}; {fix}")
     return identity
-
-
-def changed_keys(previous: dict[str, Any], identity: dict[str, Any]) -> list[str]:
-    """The identity fields in which `identity` differs from a recorded one."""
-    identity = json.loads(json.dumps(identity))  # as it reads back from search.json (tuples as lists)
-    return sorted(key for key in set(identity) | set(previous) if previous.get(key) != identity.get(key))
 
 
 def check_directory(directory: Path, identity: dict[str, Any]) -> None:

@@ -10,43 +10,36 @@ from pathlib import Path
 from typing import Any
 
 from matlab import __version__
-from matlab.adapters import adapter_identity
-from matlab.architecture import facts_from_checkpoint
-from matlab.core.loading import load_model, load_shapes, load_tokenizer
-from matlab.core.quantized import formatted_weights
-from matlab.core.submodel import format_cache
-from matlab.distributed.pool import PoolSettings, WorkerPool
-from matlab.errors import InputError
-from matlab.inventory import inventory_from_checkpoint
-from matlab.io.lock import run_directory_lock
-from matlab.io.staging import check_apart
-from matlab.model_card import checkpoint_identity
-from matlab.plan import SlicePlan
-from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import EMBEDDED, resolve_checkpoint
-from matlab.runtimes import check_runtime
-from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
-from matlab.search.frontier import format_count, journal_record, write_frontier
-from matlab.search.journal import (
-    CONFIRM_DIR,
-    FRONTIER_DIR,
-    Journal,
-    SearchError,
-    changed_keys,
-    check_directory,
-    recorded_identity,
-)
-from matlab.search.objective import (
-    OBJECTIVES,
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.arch.inventory import inventory_from_checkpoint
+from matlab.core.calibration import (
     Calibration,
     CalibrationText,
     make_calibration,
-    measure_candidate,
     read_calibration,
     reference_distributions,
     texts_digest,
 )
+from matlab.core.formatted import formatted_weights
+from matlab.core.loading import load_model, load_shapes, load_tokenizer
+from matlab.core.submodel import format_cache
+from matlab.distributed.pool import PoolSettings, WorkerPool
+from matlab.errors import InputError
+from matlab.io.lock import run_directory_lock
+from matlab.io.resolve import EMBEDDED, resolve_checkpoint
+from matlab.io.rundir import changed_keys, checkpoint_identity
+from matlab.io.staging import check_apart
+from matlab.plan import SlicePlan
+from matlab.progress import NO_PROGRESS, Progress
+from matlab.runtimes import check_runtime
+from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
+from matlab.search.frontier import journal_record, write_frontier
+from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, SearchError, check_directory, recorded_identity
+from matlab.search.objective import OBJECTIVES, measure_candidate
 from matlab.search.space import Budget, Candidate, SearchSpace
+from matlab.search.summary import SearchSummary
+from matlab.slicing.adapters import adapter_identity
+from matlab.util.sizes import short_count
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ _NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool")
 @dataclass
 class SearchResult:
     directory: Path
-    summary: dict[str, Any]
+    summary: SearchSummary
     warnings: list[str] = field(default_factory=list)
     confirm: Path | None = None
 
@@ -223,7 +216,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     smallest = space.smallest()
     if not smallest.valid or budget.excess(smallest) > 0:
         at = f"GGUF bytes at {'/'.join(space.formats)}" if space.formats else f"weight bytes at {settings.dtype}"
-        raise InputError(f"the budget is below the smallest valid submodel ({format_count(smallest.effective_params)} "
+        raise InputError(f"the budget is below the smallest valid submodel ({short_count(smallest.effective_params)} "
                          f"effective parameters, {smallest.weight_bytes:,} {at}); raise --max-params/--max-bytes")
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
@@ -287,7 +280,7 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
 
 
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
-            reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> dict[str, Any]:
+            reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> SearchSummary:
     """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
     frontier = write_frontier(journal, space, budget, evaluator, objective=settings.objective,
                               base=settings.checkpoint, dtype=settings.dtype, calibration=calibration)
@@ -309,4 +302,4 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
                    "calibration_tokens": calibration.tokens,
                    # one-time: every weight quantized (and back) once per format
                    **({"quantize_seconds": timing["quantize_seconds"]} if timing["quantize_seconds"] else {})}})
-    return summary
+    return SearchSummary(summary)

@@ -10,7 +10,7 @@ With `formats` (`search --formats`), every layer gets format genes, as a GGUF fi
 tensors: one for its attention projections and one for its FFN (`format_genes="group"`), or
 one for both (`"layer"`); the token embedding and the per-layer embedding table get one each;
 the small tensors (LAuReL, AltUp, per-layer gates and projections) take the widest format
-offered. A candidate's bytes are then those of its GGUF file (`matlab.tensor_formats`), block
+offered. A candidate's bytes are then those of its GGUF file (`matlab.plan.tensor_formats`), block
 scales and llama.cpp's F32/F16 choices included.
 """
 
@@ -19,19 +19,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from matlab.accounting import count_parameters
-from matlab.architecture import ArchFacts
+from matlab.arch.facts import ArchFacts
+from matlab.arch.inventory import Inventory
 from matlab.core.loading import LoadedModel
 from matlab.core.submodel import deployed_weight_bytes
 from matlab.errors import InputError
 from matlab.formats import FORMATS, block_size, check_format
-from matlab.inventory import Inventory
 from matlab.plan import SlicePlan
-from matlab.runtimes import RUNTIME_FACTS, has_rule, runtime_violations
+from matlab.plan.accounting import count_parameters
+from matlab.plan.tensor_formats import format_cost
+from matlab.runtimes import RUNTIMES, has_rule, runtime_violations
 from matlab.slice_config import SliceConfig
-from matlab.tensor_formats import format_cost
-from matlab.validation import check_slice_config
-from matlab.weight_formats import LayerFormats, WeightFormats
+from matlab.slice_config.validation import check_slice_config
+from matlab.slice_config.weight_formats import LayerFormats, WeightFormats
 
 
 def check_search_formats(formats: tuple[str, ...], widths: tuple[int, ...], runtime: str | None) -> tuple[str, ...]:
@@ -42,11 +42,11 @@ def check_search_formats(formats: tuple[str, ...], widths: tuple[int, ...], runt
     except ValueError as error:
         raise InputError(f"--formats: {error}") from None
     if runtime is not None:
-        loads = RUNTIME_FACTS[runtime].formats
+        loads = RUNTIMES[runtime].formats
         refused = [fmt for fmt in checked if fmt not in loads]
         if refused:
             raise InputError(f"--formats: {runtime} does not load {', '.join(refused)} (it loads "
-                             f"{', '.join(loads)}: {RUNTIME_FACTS[runtime].layout}); drop them, or search for "
+                             f"{', '.join(loads)}: {RUNTIMES[runtime].layout.name}); drop them, or search for "
                              "llama.cpp or ollama, which load GGUF files")
     for fmt in checked:
         off = [width for width in widths if width % block_size(fmt)]
@@ -219,11 +219,11 @@ class SearchSpace:
 
     def runtime_warnings(self) -> list[str]:
         """A runtime whose "runs" is expected from its source, not measured, says so."""
-        facts = RUNTIME_FACTS.get(self.runtime) if self.runtime else None
+        facts = RUNTIMES.get(self.runtime) if self.runtime else None
         if facts is None or facts.measured:
             return []
         return [f"--runtime {self.runtime}: no conformance run has confirmed that {self.runtime} ({facts.version}) "
-                "computes these slices right; its rules are read from its source (README, Runtimes)"]
+                "computes these slices right; its rules are read from its source (docs/runtimes.md)"]
 
     def width_warnings(self) -> list[str]:
         """Allowed widths that are no trained granularity of some layer (allowed, as `validate` allows them)."""

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from matlab import __version__
-from matlab.model_card import PROVENANCE_NAME, _card_text, _fenced
+from matlab.io.staging import PROVENANCE_NAME
+from matlab.slicing.card import _card_text, _fenced
 
 FINETUNE_RECORD = "finetune.json"
 
@@ -56,7 +57,7 @@ def write_finetune_card(directory: Path, settings, result, identity: dict[str, A
 
 
 def add_heal_record(directory: Path, heal: dict[str, Any]) -> None:
-    """Add the healing to a sliced checkpoint's provenance and card (`matlab.model_card` wrote both)."""
+    """Add the healing to a sliced checkpoint's provenance and card (`matlab.slicing.card` wrote both)."""
     provenance_path = directory / PROVENANCE_NAME
     provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
     provenance["heal"] = heal

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from matlab.core.calibration import CalibrationText, make_calibration, read_calibration
 from matlab.errors import InputError
-from matlab.search.objective import CalibrationText, make_calibration, read_calibration
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import torch
 
-from matlab.errors import InputError
-from matlab.search.objective import (
+from matlab.core.calibration import (
     Calibration,
     Reference,
     kl_to_reference,
     make_calibration,
     perplexity_of,
     reference_distributions,
+    topk_kl,
 )
+from matlab.errors import InputError
 from matlab.training.data import read_text_file
 
 HELDOUT_SHARE = 0.1  # of the calibration windows, held out for the before/after measurement
@@ -28,16 +29,8 @@ HELDOUT_SHARE = 0.1  # of the calibration windows, held out for the before/after
 def distillation_loss(logits: torch.Tensor, top_logprobs: torch.Tensor, top_ids: torch.Tensor,
                       rest_logprobs: torch.Tensor) -> torch.Tensor:
     """Mean per-token KL(full || slice) over the reference's k + 1 outcomes, differentiable in
-    `logits` (the slice's). The same quantity as `kl_to_reference`, which is measured without
-    gradients."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    ids = top_ids.to(logprobs.device)
-    q_top = logprobs.gather(-1, ids)
-    q_rest = logprobs.scatter(-1, ids, float("-inf")).logsumexp(-1)
-    p_top, p_rest = top_logprobs.to(logprobs.device), rest_logprobs.to(logprobs.device)
-    kl = (p_top.exp() * (p_top - q_top)).sum(-1)
-    kl = kl + torch.where(torch.isinf(p_rest), 0.0, p_rest.exp() * (p_rest - q_rest))
-    return kl.mean()
+    `logits` (the slice's): `topk_kl`, the formula the search measures with."""
+    return topk_kl(torch.log_softmax(logits.float(), dim=-1), top_logprobs, top_ids, rest_logprobs).mean()
 
 
 @dataclass(frozen=True)

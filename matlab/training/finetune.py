@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from matlab.architecture import facts_from_checkpoint
+from matlab.arch.facts import facts_from_checkpoint
 from matlab.core.loading import load_model, load_tokenizer
 from matlab.core.memory import check_batch_fits
 from matlab.errors import DivergedError, InputError, OutputExistsError
 from matlab.io.lock import run_directory_lock
 from matlab.io.reader import CheckpointFiles
+from matlab.io.resolve import resolve_checkpoint
+from matlab.io.rundir import checkpoint_identity
 from matlab.io.staging import check_apart, check_output, staged_output
-from matlab.model_card import checkpoint_identity
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import resolve_checkpoint
 from matlab.training.cards import write_finetune_card
 from matlab.training.data import WindowOrder, read_text_file, read_windows
 from matlab.training.nested import NestedLora, check_lora_rank

@@ -17,22 +17,22 @@ from pathlib import Path
 
 import torch
 
-from matlab.architecture import facts_from_checkpoint
-from matlab.core.elastic import build_submodel
+from matlab.arch.facts import facts_from_checkpoint
+from matlab.core.elastic import build_submodel, submodel_outputs
 from matlab.core.loading import load_model, load_tokenizer
 from matlab.core.memory import check_batch_fits
 from matlab.errors import DivergedError, InputError
 from matlab.io.reader import CheckpointFiles
+from matlab.io.resolve import EMBEDDED, resolve_checkpoint
+from matlab.io.rundir import checkpoint_identity
 from matlab.io.staging import check_output
-from matlab.model_card import checkpoint_identity
 from matlab.plan import SlicePlan
 from matlab.progress import NO_PROGRESS, Progress
-from matlab.resolve import EMBEDDED, resolve_checkpoint
 from matlab.slice_config import load_slice_config
 from matlab.training.data import WindowOrder
 from matlab.training.distill import Distillation, distillation_loss, prepare, split_calibration
 from matlab.training.healed import write_healed
-from matlab.training.nested import NestedLora, check_lora_rank, submodel_outputs
+from matlab.training.nested import NestedLora, check_lora_rank
 
 METHODS = ("lora", "weights")
 DEFAULT_RATES = {"lora": 2e-3, "weights": 3e-4}

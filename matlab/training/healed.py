@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from matlab.adapters import cut_tensor
-from matlab.architecture import ArchFacts
-from matlab.dtypes import torch_dtype
+from matlab.arch.facts import ArchFacts
 from matlab.errors import CheckpointError
 from matlab.io.reader import CheckpointFiles
 from matlab.io.staging import OUTPUT_MARKER, staged_output
 from matlab.plan import SlicePlan
 from matlab.slice_config import SliceConfig
-from matlab.slicer import slice_checkpoint
+from matlab.slicing.adapters import cut_tensor
+from matlab.slicing.slicer import slice_checkpoint
 from matlab.training.cards import add_heal_record
+from matlab.util.dtypes import torch_dtype
 
 
 def _output_tensors(model: torch.nn.Module, names: list[str], facts: ArchFacts, config: SliceConfig,

@@ -1,13 +1,13 @@
 """Training through the elastic core: a submodel's loss trains the full model's tensors.
 
-`submodel_outputs` runs a submodel on views of the full model's own weights (the nano
-MatFormer's training; healing a slice's kept weights). `NestedLora` is one PEFT LoRA adapter on
+`matlab.core.elastic.submodel_outputs` runs a submodel on views of the full model's own
+weights (the nano MatFormer's training; healing a slice's kept weights). `NestedLora` is one PEFT LoRA adapter on
 the full model, trained through any of its submodels: PEFT adds the LoRA layers
 (`inject_adapter_in_model`) to elastic skeletons (`build_submodel`: the family's model whose
 weights are views of the full model's), to the full model's own (the identity plan), whose
 LoRA tensors are the adapter, and to each submodel's. A submodel runs with
 `torch.func.functional_call`, its LoRA tensors given as views of the adapter's, cut by the
-plan's `tensor_spec` exactly as `matlab.adapters` cuts a saved adapter (B's kept rows, A's kept
+plan's `tensor_spec` exactly as `matlab.slicing.adapters` cuts a saved adapter (B's kept rows, A's kept
 columns), so its gradients land in the one adapter that `matformer slice --adapter` cuts to
 every size. The base weights stay frozen: the skeletons' own views of them serve every step.
 """
@@ -21,13 +21,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from matlab.adapters import PEFT_PREFIX, SlicedAdapter, cut_tensor, lora_tensor_spec, quiet_peft
-from matlab.architecture import ArchFacts
-from matlab.core.elastic import build_submodel, parameter_views
+from matlab.arch.facts import ArchFacts
+from matlab.core.elastic import build_submodel
 from matlab.errors import InputError
 from matlab.families import Family
 from matlab.io.reader import CheckpointFiles
 from matlab.plan import SlicePlan, TensorSpec
+from matlab.slicing.adapters import PEFT_PREFIX, SlicedAdapter, cut_tensor, lora_tensor_spec, quiet_peft
 
 ADAPTER_NAME = "default"  # PEFT's name for the one adapter of a model
 _LORA_PARAMETER = re.compile(rf"(?P<module>.+)(?P<suffix>\.lora_[AB])\.{ADAPTER_NAME}\.weight")
@@ -57,19 +57,10 @@ def check_lora_rank(rank: int, family: Family, files: CheckpointFiles, option: s
 
 def lora_config(family: Family, rank: int, alpha: float):
     """The adapter's LoraConfig: no dropout (a step's result depends on its data alone, so a
-    resumed run repeats the lost steps exactly) and nothing `matlab.adapters` cannot cut."""
+    resumed run repeats the lost steps exactly) and nothing `matlab.slicing.adapters` cannot cut."""
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(family))
-
-
-def submodel_outputs(full: nn.Module, plan: SlicePlan, skeleton: nn.Module | None = None, **inputs) -> object:
-    """The outputs of the submodel of `plan` on `inputs`, its weights views of the full model's
-    tensors under autograd, so that gradients land in the full model. `skeleton`: the plan's
-    `build_submodel` result from an earlier call (building one costs as much as a nano step)."""
-    skeleton = skeleton if skeleton is not None else build_submodel(full, plan)
-    views, _ = parameter_views(full, plan)
-    return functional_call(skeleton, views, args=(), kwargs=inputs, strict=False)
 
 
 @dataclass

@@ -11,10 +11,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from matlab.architecture import ArchFacts
+from matlab.arch.facts import ArchFacts
 from matlab.errors import SliceConfigError
 from matlab.plan import SlicePlan
-from matlab.runtimes import attention_period
 from matlab.slice_config import SliceConfig, load_slice_config
 
 FULL = "full"
@@ -38,7 +37,7 @@ def trained_granularity(facts: ArchFacts) -> SliceConfig | None:
     widths = [min(facts.trained_widths(layer)) for layer in range(facts.num_layers)]
     if widths == facts.ffn_widths:
         return None
-    skipped = tuple(facts.kv_consumers[:attention_period(SlicePlan.identity(facts))])
+    skipped = tuple(facts.kv_consumers[:facts.attention_period])
     kept = [width for layer, width in enumerate(widths) if layer not in skipped]
     return SliceConfig(name="trained-granularity", description="The family's smaller trained granularity "
                        "(Gemma 3n: E2B).", layers_skipped=skipped, ffn_widths=tuple(kept))

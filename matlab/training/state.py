@@ -23,9 +23,8 @@ import torch
 
 from matlab import __version__
 from matlab.errors import InputError, shown_value
-from matlab.harness.results import read_json_file, write_atomic
 from matlab.io.lock import is_lock_file
-from matlab.search.journal import changed_keys
+from matlab.io.rundir import changed_keys, read_json_file, write_atomic
 
 RUN_FILE, STATE_FILE = "run.json", "state.pt"
 

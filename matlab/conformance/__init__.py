@@ -1,1 +1,0 @@
-"""Conformance: run a written slice in a real runtime and compare its log-probs with transformers'."""
