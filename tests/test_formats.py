@@ -26,6 +26,7 @@ from matlab.formats import (
     tensor_bytes,
 )
 from matlab.formats.cache import QuantizedWeight
+from matlab.formats.types import K_QUANTS
 from matlab.io.reader import CheckpointFiles
 from matlab.plan import SlicePlan
 from matlab.plan.accounting import count_parameters
@@ -35,6 +36,9 @@ from matlab.slice_config.validation import check_slice_config
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
+# The formats the `gguf` package quantizes too (32-element blocks and floats): the K-quants'
+# 256-element super-blocks are tested in test_kquants.py.
+BLOCK32 = tuple(fmt for fmt in FORMATS if fmt not in K_QUANTS)
 E2B = {"name": "e2b", "layers_skipped": [20, 21, 22, 23, 24], "ffn_widths": 8192}
 
 
@@ -64,7 +68,7 @@ def _bits(values: np.ndarray) -> np.ndarray:
 # -- formats ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", BLOCK32)
 def test_cost_is_the_bytes_gguf_writes(tmp_path, fmt):
     shapes = [(3, 64), (17, 256), (2, 4, 96), (128,)]
     tensors = {f"t{index}": (quantize(RNG.standard_normal(shape).astype(np.float32), fmt), fmt)
@@ -77,7 +81,7 @@ def test_cost_is_the_bytes_gguf_writes(tmp_path, fmt):
         assert tensor_bytes(shape, fmt) == written[f"t{index}"] == rows * shape[-1] // block * block_bytes
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if block_shape(f)[0] > 1])
+@pytest.mark.parametrize("fmt", [f for f in BLOCK32 if block_shape(f)[0] > 1])
 def test_rows_off_the_block_are_refused(fmt):
     with pytest.raises(FormatError, match=f"a row of 48 elements is not whole {fmt} blocks of 32"):
         tensor_bytes((4, 48), fmt)
@@ -85,7 +89,7 @@ def test_rows_off_the_block_are_refused(fmt):
         quantize(np.zeros((4, 48), dtype=np.float32), fmt)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", BLOCK32)
 def test_round_trip_is_the_reference_quantizer(fmt):
     weights = RNG.standard_normal((8, 64)).astype(np.float32)
     qtype = GGMLQuantizationType[fmt.upper()]
@@ -95,7 +99,7 @@ def test_round_trip_is_the_reference_quantizer(fmt):
     assert not np.shares_memory(dequantize(stored, fmt), stored)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", BLOCK32)
 @pytest.mark.parametrize("cut_axis", [0, 1])
 def test_narrower_ffn_is_a_view_bit_identical_to_quantizing_it(fmt, cut_axis):
     weights = RNG.standard_normal((128, 192) if cut_axis == 0 else (96, 256)).astype(np.float32)
@@ -118,7 +122,7 @@ def test_quantized_weight_owns_its_data():
     assert quantized.dequantized().any() and not quantized.stored.flags.writeable
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if block_shape(f)[0] > 1])
+@pytest.mark.parametrize("fmt", [f for f in BLOCK32 if block_shape(f)[0] > 1])
 def test_down_projection_width_off_the_block_is_refused(fmt):
     quantized = QuantizedWeight.of(RNG.standard_normal((8, 64)).astype(np.float32), fmt, 1)
     with pytest.raises(FormatError, match=f"width 40 is not a multiple of {fmt}'s block of 32 elements"):
@@ -128,17 +132,18 @@ def test_down_projection_width_off_the_block_is_refused(fmt):
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("Q8_0", "q8_0"), (" bf16 ", "bf16"),
+    ("Q8_0", "q8_0"), (" bf16 ", "bf16"), ("Q6_K", "q6_k"),
 ])
 def test_format_names_any_case(name, expected):
     assert check_format(name) == expected
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("q4_k_m", "'q4_k_m' has no reference quantizer in the gguf package (llama.cpp alone quantizes it)"),
-    ("Q6_K", "'Q6_K' has no reference quantizer"), ("iq4_xs", "no reference quantizer"),
+    ("q4_k_m", "'q4_k_m' is a llama.cpp file type (a type per tensor), not one tensor's format"),
+    ("iq4_xs", "needs an importance matrix or has no reference quantizer"),
     ("tq1_0", "is a ternary type"), ("mxfp4", "only for checkpoints that arrive in MXFP4"),
-    ("int4", "'int4' is not a GGUF weight format; use one of f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0"),
+    ("int4", "'int4' is not a GGUF weight format; use one of f32, f16, bf16, q8_0, q6_k, q5_1, q5_k, q5_0, q4_1, "
+             "q4_k, q4_0, q3_k, q2_k"),
     (8, "8 is not a format name"),
 ])
 def test_unoffered_formats_say_why(name, reason):
@@ -177,7 +182,9 @@ def test_yaml_forms_and_dump_round_trip(tmp_path, e4b):
 
 
 @pytest.mark.parametrize("formats, expected", [
-    ({"default": "q4_k_m"}, "f.yaml: weight_formats.default: 'q4_k_m' has no reference quantizer"),
+    ({"default": "q4_k_m"}, "f.yaml: weight_formats.default: 'q4_k_m' is a llama.cpp file type"),
+    ({"preset": "q4_k_m", "default": "q8_0"}, "preset q4_k_m sets every tensor's type, and default would too"),
+    ({"preset": "q4_k_z"}, "weight_formats.preset: 'q4_k_z' is not a llama.cpp file type"),
     ({"default": "q8_0", "embeddings": "q9"}, "f.yaml: weight_formats.embeddings: 'q9' is not a GGUF weight format"),
     ({"default": "q8_0", "layers": [{"ffn": "q4_0"}, {"ffn": "int4"}, 7]},
      "f.yaml: weight_formats.layers: entry 1 ffn: 'int4' is not a GGUF weight format"),
@@ -188,7 +195,8 @@ def test_yaml_forms_and_dump_round_trip(tmp_path, e4b):
     ({"default": "q8_0", "layers": [{"ffn": "q4_0", "count": 10**9}]},
      "weight_formats.layers: entry 0 (a run of 1000000000) brings the entries to 1,000,000,000 kept layers"),
     ({"default": "q8_0", "layer": []}, "weight_formats.layer: Extra inputs are not permitted"),
-    ({"ffn": "q8_0"}, "weight_formats.default: Field required"),
+    ({"ffn": "q8_0"}, "weight_formats.ffn: Extra inputs are not permitted"),
+    ({"embeddings": "q8_0"}, "give `default` (a format for every tensor not named otherwise) or `preset`"),
 ])
 def test_bad_format_fields_are_one_line(formats, expected):
     with pytest.raises(SliceConfigError) as caught:
@@ -231,7 +239,7 @@ def test_off_block_width_is_fine_in_a_float_format(e4b):
 
 def test_e4b_tensors_never_fall_back_and_ple_is_padded(e4b):
     inventory = inventory_from_facts(e4b)
-    for fmt in FORMATS:
+    for fmt in BLOCK32:
         plan = SlicePlan.build(parse_slice_config({**E2B, "weight_formats": fmt}, "c.yaml"), e4b)
         resolved = tensor_formats(plan, inventory)
         assert resolved and not [tensor.name for tensor in resolved if tensor.fell_back], fmt

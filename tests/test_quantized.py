@@ -73,22 +73,43 @@ def test_submodel_at_its_formats_equals_transformers_on_round_tripped_weights(ti
     assert submodel.weight_formats is not None and "f16" in submodel.weight_formats.split("/")
 
 
-def test_each_weight_is_quantized_once_and_narrower_ffns_are_views(tiny_text, sample_ids):
+def test_weights_are_packed_once_read_as_modules_run_and_narrower_ffns_come_from_the_packed_rows(tiny_text,
+                                                                                                  sample_ids):
+    """The cache holds what the file holds (packed blocks, each weight once per format); a
+    submodel's weights exist only while their module runs; a narrower FFN is read from the wide
+    tensor's packed rows and equals quantizing the narrower tensor itself; the per-layer table
+    is packed only for the token rows read."""
+    from matlab.formats import tensor_bytes
+    from matlab.plan import TensorSpec
+
     loaded = load_model(tiny_text)
     wide = parse_slice_config({"name": "wide", "ffn_widths": 256, "weight_formats": "q4_0"}, "w.yaml")
     narrow = parse_slice_config({"name": "narrow", "ffn_widths": 128, "layers_skipped": [10, 11, 12],
                                  "weight_formats": "q4_0"}, "n.yaml")
-    select_submodel(loaded, wide)
+    with torch.no_grad():
+        select_submodel(loaded, wide).model(input_ids=sample_ids)
     cache = loaded.format_cache
-    spent = dict(cache.seconds)
+    packed = dict(cache._packed)
     submodel = select_submodel(loaded, narrow)
-    whole = cache.whole("model.layers.0.mlp.down_proj.weight", "q4_0")
-    view = submodel.model.model.layers[0].mlp.down_proj.weight
-    assert view.data_ptr() == whole.data_ptr() and view.shape == (64, 128)
-    # Only the per-layer table was quantized again: its 12 kept layers make rows of 96, three whole
-    # blocks that split layers (15 layers: rows of 120 fall back to f16).
-    assert spent.keys() == cache.seconds.keys() and sum(cache.seconds.values()) > sum(spent.values())
-    assert set(key[0] for key in cache._cut) == {"model.embed_tokens_per_layer.weight"}
+    down = submodel.model.model.layers[0].mlp.down_proj
+    assert down.weight.stride() == (0, 0) and down.weight.shape == (64, 128)  # made when the module runs
+    with torch.no_grad():
+        submodel.model(input_ids=sample_ids)
+    assert down.weight.stride() == (0, 0)  # and dropped after
+    assert packed.keys() == cache._packed.keys() and all(cache._packed[key] is array for key, array in packed.items())
+    name = "model.layers.0.mlp.down_proj.weight"
+    narrower = TensorSpec(name, name, (64, 256), cols=((0, 128),))
+    assert torch.equal(cache.weight(name, narrower, "q4_0"),
+                       _gguf_round_trip(loaded.model.get_parameter(name)[:, :128], "q4_0"))
+    for (tensor, fmt), array in cache._packed.items():
+        assert array.nbytes == tensor_bytes(tuple(cache.parameters[tensor].shape), fmt), tensor
+    # The per-layer table: only the rows of the tokens read, never the whole table.
+    table = "model.embed_tokens_per_layer.weight"
+    assert not any(key[0] == table for key in cache._packed)
+    rows = [ids for (tensor, _), (ids, _) in cache._rows.items() if tensor == table]
+    read = set(sample_ids.unique().tolist()) | {0}  # ids past the per-layer vocabulary read row 0
+    assert rows and all(set(ids.tolist()) <= read for ids in rows)
+    assert all(len(ids) < cache.parameters[table].shape[0] for ids in rows)
 
 
 def test_large_tables_go_through_in_row_chunks_with_the_same_result(tiny_text, monkeypatch):
@@ -130,13 +151,12 @@ def test_prepare_reports_progress_over_every_element_it_quantizes(tiny_text):
     recorded = Recorded()
     seconds = cache.prepare(("q8_0", "q4_0"), recorded, threads=3)
     one_by_one = FormatCache(model)  # weights prepared on threads equal those quantized one at a time
-    for name, fmt in cache._whole:
-        assert torch.equal(cache._whole[name, fmt], one_by_one.whole(name, fmt)), (name, fmt)
+    for (name, fmt), packed in cache._packed.items():
+        assert np.array_equal(packed, one_by_one.packed(name, fmt)), (name, fmt)
     assert set(seconds) == {"q8_0", "q4_0"}
-    expected = sum(cache.parameters[name].numel() for name, fmt in cache._whole) / 1e6
+    expected = sum(cache.parameters[name].numel() for name, fmt in cache._packed) / 1e6
     assert recorded.total == pytest.approx(expected) and recorded.done == pytest.approx(expected) and expected > 0
-    assert {"quantizing the weights to q8_0 (M elements)", "quantizing the weights to q4_0 (M elements)"} <= \
-        set(recorded.descriptions)
+    assert "quantizing the weights to q8_0, q4_0 (M elements)" in recorded.descriptions
 
 
 def test_an_interrupted_prepare_stops_without_quantizing_the_rest_and_can_start_again(tiny_text):
@@ -153,9 +173,9 @@ def test_an_interrupted_prepare_stops_without_quantizing_the_rest_and_can_start_
     cache = FormatCache(model)
     with pytest.raises(KeyboardInterrupt):
         cache.prepare(("q8_0", "q4_0"), Interrupting(), threads=1)
-    prepared = len(cache._whole)
+    prepared = len(cache._packed)
     cache.prepare(("q8_0", "q4_0"), threads=1)
-    assert 0 < prepared < len(cache._whole)
+    assert 0 < prepared < len(cache._packed)
     one_by_one = FormatCache(model)
-    for name, fmt in cache._whole:
-        assert torch.equal(cache._whole[name, fmt], one_by_one.whole(name, fmt)), (name, fmt)
+    for (name, fmt), packed in cache._packed.items():
+        assert np.array_equal(packed, one_by_one.packed(name, fmt)), (name, fmt)

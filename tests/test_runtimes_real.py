@@ -112,3 +112,74 @@ def test_llama_cpp_kl_at_weight_formats_equals_ours(runtime_model, tmp_path, cas
     assert abs(result.difference) <= 1e-4, result.as_dict()
     assert result.ours - result.unquantized > 10 * abs(result.difference)  # the formats' cost is what is compared
     assert abs(result.top1_ours - result.top1_llama_cpp) <= 2
+
+
+# -- K-quants and presets: our bytes, types and KL are llama.cpp's -------------------------------
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory) -> Path:
+    """The E4B-shaped test model at hidden 256: every weight llama-quantize quantizes is whole
+    256-element super-blocks."""
+    from matlab.runtimes.testmodel import write_runtime_test_model
+
+    return write_runtime_test_model(tmp_path_factory.mktemp("wide") / "model", seed=3, hidden=256)
+
+
+def _same_bytes_as_llama_cpp(sliced: Path, gguf_file: Path) -> int:
+    """Every quantized tensor of the file equals our quantizer's bytes of the slice's own values;
+    returns how many were compared."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    from matlab.formats import quantize
+
+    written = {tensor.name: tensor for tensor in gguf.GGUFReader(gguf_file).tensors}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3N, 64)
+    compared = 0
+    for shard in sorted(sliced.glob("*.safetensors")):
+        with safe_open(shard, "np") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is no dict
+                gguf_name = names.get_name(name, try_suffixes=(".weight",))
+                tensor = written.get(gguf_name)
+                kind = tensor.tensor_type.name.lower() if tensor is not None else None
+                if kind is None or kind in ("f32", "f16", "bf16"):
+                    continue
+                values = handle.get_tensor(name).astype(np.float32)
+                if tensor.data.shape[0] != values.shape[0]:  # the per-layer table: padded to the vocabulary
+                    continue
+                assert np.array_equal(quantize(values, kind).reshape(-1), np.asarray(tensor.data).reshape(-1)), name
+                compared += 1
+    return compared
+
+
+@LLAMA_CPP
+@pytest.mark.parametrize("preset", ["q4_k_m", "q4_k_s", "q5_k_m", "q3_k_m", "q6_k", "q8_0", "q2_k"])
+def test_a_preset_is_the_file_llama_quantize_writes(wide_model, tmp_path, preset):
+    """`weight_formats: {preset: ...}` counts the types and bytes of the file llama-quantize
+    writes from the model, tensor by tensor (export checks both), every quantized tensor's bytes
+    are our quantizer's, and our KL at the preset is llama.cpp's (measured 1e-5 to 8e-5 apart,
+    reports/benchmarks.md)."""
+    from matlab.bench.gguf_kl import compare_kl
+
+    config = SliceConfig(name=preset, ffn_widths=1024, weight_formats={"preset": preset})
+    result = compare_kl(wide_model, config, tmp_path)
+    assert result.counted_bytes == result.file_tensor_bytes
+    assert _same_bytes_as_llama_cpp(tmp_path / "slice", tmp_path / "slice.gguf") > 100
+    assert abs(result.difference) <= 1e-4, result.as_dict()
+
+
+@LLAMA_CPP
+def test_mixed_k_quants_per_tensor_are_the_file_llama_quantize_writes(wide_model, tmp_path):
+    from matlab.bench.gguf_kl import compare_kl
+
+    layers = [{"attention": "q4_k", "ffn": "q5_k", "count": 10}, {"attention": "q6_k", "ffn": "q3_k", "count": 10},
+              {"attention": "q2_k", "ffn": "q4_0", "count": 15}]
+    config = SliceConfig(name="mixed-k", ffn_widths=1024,
+                         weight_formats={"default": "q8_0", "embeddings": "q6_k", "per_layer_embeddings": "q4_k",
+                                         "layers": layers})
+    result = compare_kl(wide_model, config, tmp_path)
+    assert result.counted_bytes == result.file_tensor_bytes
+    assert _same_bytes_as_llama_cpp(tmp_path / "slice", tmp_path / "slice.gguf") > 100
+    assert abs(result.difference) <= 1e-4, result.as_dict()
+    assert result.ours - result.unquantized > 10 * abs(result.difference)

@@ -20,6 +20,8 @@ from matlab.plan import SlicePlan
 from matlab.plan.accounting import count_parameters
 from matlab.search.run import SearchSettings, calibration_texts, run_search
 from matlab.slice_config import load_slice_config
+from matlab.slice_config.bundled import resolve_config_entry
+from matlab.slice_config.weight_formats import WeightFormats
 from matlab.slicing.checks import check_config_files
 
 runner = CliRunner()
@@ -79,7 +81,7 @@ def test_resumed_search_with_formats_evaluates_nothing_twice(searched):
 
 
 @pytest.mark.parametrize("arguments, expected", [
-    (["--formats", "q4_k_m"], "--formats: 'q4_k_m' has no reference quantizer in the gguf package"),
+    (["--formats", "q4_k_m"], "--formats: 'q4_k_m' is a llama.cpp file type"),
     (["--formats", "q3"], "--formats: 'q3' is not a GGUF weight format"),
     (["--formats", "q4_0", "--widths", "512,200"], "--formats q4_0 with --widths 200: a down projection of that "
                                                     "width is not whole q4_0 blocks of 32"),
@@ -148,3 +150,51 @@ def _calibration_file(tmp_path):
     path = tmp_path / "calibration.txt"
     path.write_text(" ".join(f"word{n % 37} and more text number {n}." for n in range(400)))
     return path
+
+
+def test_a_preset_baseline_is_measured_as_the_file_a_user_downloads(tmp_path):
+    """`--baseline q4_k_m --baseline-config nano-e2b`: the preset on the full model and on
+    nano-e2b is costed at its file's bytes (what `params` counts for that config), scored at its
+    per-tensor types (the harness's KL of the same config), and compared with the frontier."""
+    e2b = tmp_path / "e2b.yaml"
+    e2b.write_text(next(path for path in resolve_config_entry("nano") if path.stem == "nano-e2b").read_text())
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", "nano", "--out", str(out), "--max-bytes", "4MB", "--formats", "q8_0,q4_k",
+                                 "--baseline", "q4_k_m", "--baseline-config", str(e2b), "--max-evals", "12",
+                                 "--window", "64", "--calibration-tokens", "128", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    baselines = {entry["name"]: entry for entry in summary["baselines"]}
+    assert set(baselines) == {"full@q4_k_m", "nano-E2B@q4_k_m"}
+    facts, inventory = facts_from_checkpoint(NANO), inventory_from_checkpoint(NANO)
+    config = load_slice_config(e2b).model_copy(update={"weight_formats": WeightFormats(preset="q4_k_m")})
+    report = count_parameters(inventory, facts, SlicePlan.build(config, facts, "e2b"), text_only=True)
+    assert baselines["nano-E2B@q4_k_m"]["weight_bytes"] == report.format_bytes
+    assert baselines["full@q4_k_m"]["weight_bytes"] > report.format_bytes
+    loaded = load_model(NANO)
+    settings = _settings(out, max_bytes=4_000_000, window=64, calibration_tokens=128)
+    texts, source = calibration_texts(settings)
+    calibration = make_calibration(loaded.tokenizer, texts, source, settings.window, settings.calibration_tokens)
+    reference = reference_distributions(loaded.model, calibration, settings.top_k)
+    measured = kl_to_reference(select_submodel(loaded, config).model, calibration, reference)
+    assert measured == pytest.approx(baselines["nano-E2B@q4_k_m"]["value"], rel=1e-6)
+    journal = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert [record["phase"] for record in journal[:2]] == ["baseline", "baseline"]
+    # A baseline within the budget is a candidate like any other: nothing on the frontier is worse at fewer bytes.
+    for entry in summary["baselines"]:
+        if entry["within_budget"]:
+            assert any(front["weight_bytes"] <= entry["weight_bytes"] and front["value"] <= entry["value"]
+                       for front in summary["frontier"])
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--baseline", "q4_k_m"], "--baseline: give --formats too"),
+    (["--formats", "q8_0", "--baseline", "q4_k_x"], "--baseline q4_k_x:"),
+    (["--formats", "q8_0", "--baseline-config", "x.yaml"], "--baseline-config: name the preset"),
+])
+def test_bad_baselines_are_one_line(tmp_path, arguments, expected):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", "nano", "--out", str(out), "--max-bytes", "3MB", *arguments])
+    assert result.exit_code != 0 and expected in result.stderr, result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert not out.exists()

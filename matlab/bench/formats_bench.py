@@ -80,7 +80,8 @@ def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple
     reference = reference_distributions(loaded.model, calibration, 256)
     def objective(config: SliceConfig) -> float:
         plan = SlicePlan.build(config, loaded.facts, config.name)
-        weights = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+        weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+            if config.weight_formats else None
         return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
 
     result: dict = {"checkpoint": checkpoint, "full_bf16_bytes": full_bf16, "formats": list(formats),

@@ -46,7 +46,8 @@ CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", "-c", help
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Bundled architecture, e.g. gemma-3n-e4b.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Run this slice elastically from the full model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16, float16, or auto: float32 where the model fits in the "
+                                             "device's memory, else bfloat16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
 SuiteOpt = Annotated[str, typer.Option("--suite", help="Suite YAML (evals/nano.yaml) or a bundled suite (nano).")]
@@ -351,3 +352,12 @@ def config_paths(entries: list[str]) -> list[Path]:
     from matlab.slice_config.bundled import resolve_config_entry
 
     return sorted({path for entry in entries for path in resolve_config_entry(entry)})
+
+
+def run_dtype(checkpoint: str, dtype: str, device: str) -> str:
+    """The dtype a command runs at: `dtype`, or for auto the one `choose_dtype` picks (decided
+    here, so that a run's recorded identity names a dtype, not "auto")."""
+    from matlab.core.memory import AUTO, choose_dtype
+    from matlab.io.resolve import resolve_checkpoint
+
+    return choose_dtype(resolve_checkpoint(checkpoint), dtype, device) if dtype == AUTO else dtype

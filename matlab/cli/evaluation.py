@@ -30,6 +30,7 @@ from matlab.cli.common import (
     pool_settings,
     quiet_evaluation,
     reported_errors,
+    run_dtype,
     say,
     shown,
 )
@@ -39,7 +40,7 @@ from matlab.util.threads import apply_thread_policy
 
 def eval_command(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, hub id or 'nano'.")],
                  suite: SuiteOpt, config: ConfigOpt = None, limit: LimitOpt = None, bos_policy: BosOpt = "lm-eval",
-                 adapter: AdapterOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+                 adapter: AdapterOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto",
                  as_json: JsonOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Evaluate one model (or one elastic slice) on a suite."""
     apply_thread_policy(threads)
@@ -75,7 +76,7 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
           latency_rounds: Annotated[int, typer.Option(min=1, help="Round-robin latency rounds.")] = 5,
           adapter: AdapterOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
           gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None,
-          device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", threads: ComputeThreadsOpt = None) -> None:
+          device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto", threads: ComputeThreadsOpt = None) -> None:
     """Evaluate many slice configs; a killed sweep resumes where it stopped."""
     apply_thread_policy(threads)
     from matlab.harness.lm import check_bos_policy
@@ -86,7 +87,8 @@ def sweep(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direct
     with reported_errors(resumes=out), quiet_evaluation(), RichProgress() as progress:
         paths = config_paths(configs)
         settings = SweepSettings(load_suite(resolve_suite(suite)), limit=limit, materialize=materialize, device=device,
-                                 dtype=dtype, bos_policy=check_bos_policy(bos_policy), latency_rounds=latency_rounds,
+                                 dtype=run_dtype(checkpoint, dtype, device), bos_policy=check_bos_policy(bos_policy),
+                                 latency_rounds=latency_rounds,
                                  adapter=adapter)
         evaluated = run_sweep(checkpoint, paths, out, settings, progress=progress,
                               pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))

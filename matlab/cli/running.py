@@ -48,7 +48,7 @@ def generate(checkpoint: Annotated[str, typer.Argument(help="Checkpoint director
              max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
              temperature: Annotated[float, typer.Option(min=0.0, callback=finite, help="0 is greedy.")] = 0.0,
              top_p: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite)] = 1.0,
-             seed: int = 0, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+             seed: int = 0, device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto",
              threads: ComputeThreadsOpt = None) -> None:
     """Continue a prompt (greedy by default, with a KV cache)."""
     apply_thread_policy(threads)
@@ -62,7 +62,7 @@ def generate(checkpoint: Annotated[str, typer.Argument(help="Checkpoint director
 
 def score(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
           text: Annotated[str, typer.Option("--text", help="Text to score.")],
-          config: ConfigOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32",
+          config: ConfigOpt = None, device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto",
           as_json: JsonOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Per-token log-probabilities of a text."""
     apply_thread_policy(threads)
@@ -85,7 +85,7 @@ def score(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory o
 def perplexity(checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
                file: Annotated[Path, typer.Option("--file", help="UTF-8 text file.", exists=True, dir_okay=False)],
                config: ConfigOpt = None, window: Annotated[int, typer.Option(min=2)] = 512,
-               device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", threads: ComputeThreadsOpt = None) -> None:
+               device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto", threads: ComputeThreadsOpt = None) -> None:
     """Perplexity of a text file (sliding windows)."""
     apply_thread_policy(threads)
     from matlab.core.text import text_perplexity

@@ -26,6 +26,7 @@ from matlab.cli.common import (
     pool_settings,
     quiet_evaluation,
     reported_errors,
+    run_dtype,
     say,
     shown,
     usage_error,
@@ -80,6 +81,13 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
                     "f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0); budgets and scores are then those of the "
                     "file at those formats. Needs --max-bytes.")] = None,
            adapter: AdapterOpt = None,
+           baseline: Annotated[Optional[list[str]], typer.Option(
+               help="With --formats: a llama.cpp file type (q4_k_m, q5_k_m, q6_k, q8_0, ...) measured on the full "
+                    "model and each --baseline-config before the search, and compared with the frontier. "
+                    "Repeatable.")] = None,
+           baseline_config: Annotated[Optional[list[Path]], typer.Option(
+               help="A slice config (YAML) measured at each --baseline too, e.g. the E2B config. "
+                    "Repeatable.")] = None,
            format_genes: Annotated[str, typer.Option(
                help="With --formats: a format per layer for its attention and its FFN (group), or one per "
                     "layer (layer).")] = "group",
@@ -94,7 +102,7 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
                help="Evaluate the frontier on this suite afterwards (DIR/confirm, a sweep run).")] = None,
            limit: LimitOpt = None, workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
            gpus_per_worker: GpusOpt = None, threads_per_worker: ThreadsOpt = None, device: DeviceOpt = "cpu",
-           dtype: DtypeOpt = "float32",
+           dtype: DtypeOpt = "auto",
            as_json: JsonOpt = False, threads: ComputeThreadsOpt = None) -> None:
     """Find the Pareto set of slices (cost against objective) under a budget; a killed search resumes."""
     apply_thread_policy(threads)
@@ -108,7 +116,9 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         max_bytes=_parse(max_bytes, "--max-bytes", parse_size), runtime=runtime, objective=objective,
         calibration=calibration, widths=_parse(widths, "--widths", _widths), max_evals=max_evals, seed=seed,
         formats=_parse(formats, "--formats", _formats), format_genes=format_genes, adapter=adapter,
-        device=device, dtype=dtype, calibration_tokens=calibration_tokens, window=window, top_k=top_k,
+        baselines=tuple(baseline or ()), baseline_configs=tuple(baseline_config or ()),
+        device=device, dtype=run_dtype(checkpoint, dtype, device), calibration_tokens=calibration_tokens,
+        window=window, top_k=top_k,
         strategy=strategy, confirm_limit=limit,
         pool=pool_settings(workers, ray_address, gpus_per_worker, threads_per_worker))
     with reported_errors(resumes=out), quiet_evaluation(search=True), RichProgress() as progress:
@@ -139,6 +149,12 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         table.add_row(shown(entry.file), f"{entry.effective_params:,}", f"{entry.weight_bytes:,}",
                       *formats_cell, f"{entry.value:.4g}", ", ".join(entry.runs_in))
     console.print(table)
+    for measured in summary.baselines:
+        rival = summary.best_within(measured.weight_bytes)
+        against = f"the frontier's best at no more bytes: {rival.name}, {rival.weight_bytes:,} bytes, " \
+                  f"{summary.objective} {rival.value:.4g}" if rival else "no frontier slice is that small"
+        say(f"baseline {shown(measured.name)}: {measured.weight_bytes:,} bytes, {summary.objective} "
+            f"{measured.value:.4g}{'' if measured.within_budget else ' (over the budget)'}; {against}")
     timing = summary.timing
     say(f"{timing.candidates_per_minute:.0f} candidates/minute "
         f"(build {timing.build_seconds_per_candidate:.3f} s, "

@@ -16,6 +16,7 @@ from matlab.cli.common import (
     RichProgress,
     finite,
     reported_errors,
+    run_dtype,
     say,
 )
 from matlab.util.threads import apply_thread_policy
@@ -63,7 +64,7 @@ def finetune(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint dir
                                                                            "killed run resumes from it).")] = 50,
              max_tokens: Annotated[int, typer.Option("--max-tokens", help="Read at most this many tokens of "
                                                                            "--data.")] = 4_000_000,
-             device: DeviceOpt = "cpu", dtype: DtypeOpt = "float32", force: ForceOpt = False,
+             device: DeviceOpt = "cpu", dtype: DtypeOpt = "auto", force: ForceOpt = False,
              threads: ComputeThreadsOpt = None) -> None:
     """LoRA fine-tuning whose one adapter serves every slice: with --nested each step trains one
     deployed slice through the elastic core. Killed, the same command resumes it."""
@@ -74,7 +75,8 @@ def finetune(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint dir
     settings = FinetuneSettings(checkpoint, data, out, configs=tuple(config or ()), nested=nested, rank=lora_rank,
                                 alpha=lora_alpha, steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
                                 batch_size=batch_size, sequence_length=seq_len, full_share=full_share, seed=seed,
-                                save_every=save_every, max_tokens=max_tokens, device=device, dtype=dtype, force=force)
+                                save_every=save_every, max_tokens=max_tokens, device=device,
+                                dtype=run_dtype(checkpoint, dtype, device), force=force)
     command = _command("finetune", checkpoint, {
         "--data": data, "--out": out, "--config": config, "--lora-rank": lora_rank, "--lora-alpha": lora_alpha,
         "--steps": steps, "--learning-rate": learning_rate, "--warmup-steps": warmup_steps,

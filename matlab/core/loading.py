@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from matlab.arch.facts import ArchFacts, facts_from_checkpoint
+from matlab.core.memory import AUTO, check_model_fits, choose_dtype
 from matlab.errors import CheckpointError, InputError, shown_value
 from matlab.io.reader import CheckpointFiles, TensorInfo
 from matlab.io.resolve import resolve_checkpoint
@@ -102,7 +103,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
         adapter: a PEFT LoRA adapter trained on the checkpoint, merged into the weights (so every
             elastic submodel of the result is the slice of the fine-tuned model).
     """
-    directory, facts, run_dtype, model = _unloaded(checkpoint, dtype)
+    directory, facts, run_dtype, model = _unloaded(checkpoint, dtype, None if ple_on_cpu else str(device))
     files = CheckpointFiles(directory)
     tied = {f"{facts.family.head_prefix}weight"} if model.config.tie_word_embeddings else set()
     wanted = set(model.state_dict()) - tied
@@ -168,12 +169,17 @@ def load_shapes(checkpoint: str | Path, dtype: str | torch.dtype = "float32") ->
                        run_dtype)
 
 
-def _unloaded(checkpoint: str | Path, dtype: str | torch.dtype):
-    """(directory, checkpoint facts, torch dtype, the text model with meta parameters)."""
-    if isinstance(dtype, str) and dtype not in RUN_DTYPES:
-        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)}")
+def _unloaded(checkpoint: str | Path, dtype: str | torch.dtype, device: str | None = None):
+    """(directory, checkpoint facts, torch dtype, the text model with meta parameters). With a
+    `device`, the model at that dtype must fit in what the device has available ("auto" picks
+    float32 where it fits, else bfloat16)."""
+    if isinstance(dtype, str) and dtype not in (*RUN_DTYPES, AUTO):
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(RUN_DTYPES)} or {AUTO}")
     directory = resolve_checkpoint(checkpoint)
-    run_dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str) and device is not None:
+        dtype = choose_dtype(directory, dtype, device)
+        check_model_fits(directory, dtype, device)
+    run_dtype = torch_dtype("float32" if dtype == AUTO else dtype) if isinstance(dtype, str) else dtype
     facts = facts_from_checkpoint(directory)
     return directory, facts, run_dtype, empty_model(facts.text_only(), run_dtype)
 

@@ -9,13 +9,19 @@ and FFN activations autograd keeps for the backward pass. It refuses only what c
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from matlab.arch.facts import ArchFacts
+from matlab.arch.facts import ArchFacts, facts_from_checkpoint
 from matlab.errors import InputError
 
 _FLOAT32 = 4
+AUTO = "auto"  # the run dtype a command picks: float32 where it fits, else bfloat16
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+AUTO = "auto"  # the run dtype a command picks: float32 where it fits, else bfloat16
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def available_memory(device: str = "cpu") -> int:
@@ -83,3 +89,36 @@ def check_batch_fits(option: str, batch_size: int, window: int, facts: ArchFacts
                      f"{step.layers:,} B) need at least {_size(needed)} in one step, more than the "
                      f"{_size(available)} available on {device}; "
                      + (f"use {option} {fits} or less" if fits else f"use a shorter window than {window}"))
+
+
+def text_model_bytes(directory: Path, dtype: str) -> int:
+    """Bytes the text model of checkpoint `directory` holds at run dtype `dtype` (the text
+    tensors its headers name; towers are never read)."""
+    from matlab.io.reader import CheckpointFiles
+
+    facts = facts_from_checkpoint(directory)
+    elements = sum(math.prod(info.shape) for name, info in CheckpointFiles(directory).tensors.items()
+                   if facts.family.text_only_name(name, facts.is_multimodal) is not None)
+    return elements * DTYPE_BYTES[dtype]
+
+
+def check_model_fits(directory: Path, dtype: str, device: str = "cpu") -> None:
+    """InputError naming what fits where the text model at `dtype` is more than `device` has
+    available (a model the machine cannot hold would swap or be killed, not fail)."""
+    needed, available = text_model_bytes(directory, dtype), available_memory(device)
+    if needed <= available:
+        return
+    smaller = [name for name in DTYPE_BYTES if text_model_bytes(directory, name) <= available]
+    fix = (f"--dtype {smaller[-1]} holds {_size(text_model_bytes(directory, smaller[-1]))}" if smaller else
+           "no dtype fits: use a machine with more memory, or --device cuda with --ple-on-cpu where a command has it")
+    raise InputError(f"{directory}: its text model at {dtype} holds {_size(needed)}, more than the {_size(available)} "
+                     f"available on {device}; {fix}")
+
+
+def choose_dtype(directory: Path, requested: str, device: str = "cpu") -> str:
+    """The run dtype: `requested`, or for "auto" float32 where the model leaves a fifth of the
+    available memory for the work, else bfloat16 (E4B's text model is 27.5 GB in float32)."""
+    if requested != AUTO:
+        return requested
+    available = available_memory(device)
+    return "float32" if text_model_bytes(directory, "float32") <= 0.8 * available else "bfloat16"

@@ -58,8 +58,9 @@ def deployed_weight_bytes(loaded: LoadedModel, plan: SlicePlan) -> tuple[int, in
 
 def format_cache(loaded: LoadedModel) -> FormatCache:
     """The loaded model's round trips through weight formats (made once, then shared)."""
-    if loaded.format_cache is None:
-        loaded.format_cache = FormatCache(loaded.model)
+    if loaded.format_cache is None:  # the per-layer table is read by token rows: packed by the rows used
+        family = loaded.facts.family
+        loaded.format_cache = FormatCache(loaded.model, rows_only=(loaded.facts.text_prefix + family.ple_table,))
     return loaded.format_cache
 
 
@@ -88,7 +89,8 @@ def select_submodel(loaded: LoadedModel, config: SliceConfig | None, source: str
         model = loaded.model
     else:
         plan = SlicePlan.build(config, loaded.facts, source)
-        formatted = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+        formatted = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+            if config.weight_formats else None
         model = build_submodel(loaded.model, plan, formatted)
     if config is not None and config.weight_formats is not None:
         weight_bytes, ple_bytes, formats = file_bytes(loaded, config, source)

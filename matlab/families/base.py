@@ -117,6 +117,11 @@ class Family:
     attention_tensors: tuple[str, ...] = ()
     gguf_float32_tensors: tuple[str, ...] = ()
     gguf_vocab_tables: tuple[str, ...] = ()
+    # llama.cpp's quantization categories (`matlab.formats.presets`) of the layer and model
+    # tensors by their names here; any other 2-D tensor is "other", and one whose name holds a
+    # part of `gguf_kept_tensors` is never quantized by llama-quantize ("kept").
+    gguf_categories: dict[str, str] = {}
+    gguf_kept_tensors: tuple[str, ...] = ()
     vocab_size_key = "vocab_size"
     text_model_class_name = ""
     multimodal_model_class_name = ""
@@ -228,6 +233,12 @@ class Family:
         text_config.update({self.num_layers_key: len(kept_layers), self.ffn_widths_key: list(ffn_widths),
                             self.num_kv_shared_key: num_kv_shared})
         return text_config
+
+    def gguf_category(self, relative: str) -> str:
+        """llama.cpp's category of a text tensor (a layer tensor by its suffix)."""
+        if any(part in relative for part in self.gguf_kept_tensors):
+            return "kept"
+        return self.gguf_categories.get(relative, "other")
 
     def sparse_layers(self, text_config: dict[str, Any]) -> list[int]:
         """Layers with activation sparsity, which some runtimes build differently (none by default)."""

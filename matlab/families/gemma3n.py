@@ -39,6 +39,14 @@ class Gemma3nFamily(Family):
     # The loader reads the per-layer table as [layers * block, vocab_size] (262400 rows at E4B);
     # the checkpoint stores vocab_size_per_layer_input rows (262144).
     gguf_vocab_tables = ("embed_tokens_per_layer.weight",)
+    # llama-quantize's names: attn_*, ffn_*, token_embd and per_layer_token_embd (the tied
+    # output); it never quantizes altup*, laurel* and per_layer_model_proj (src/llama-quant.cpp).
+    gguf_categories = {"self_attn.q_proj.weight": "attn_q", "self_attn.k_proj.weight": "attn_k",
+                       "self_attn.v_proj.weight": "attn_v", "self_attn.o_proj.weight": "attn_output",
+                       "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up",
+                       "mlp.down_proj.weight": "ffn_down", "embed_tokens.weight": "token_embd",
+                       "embed_tokens_per_layer.weight": "token_embd"}
+    gguf_kept_tensors = ("altup", "laurel", "per_layer_model_projection")
     text_model_class_name = "Gemma3nForCausalLM"
     multimodal_model_class_name = "Gemma3nForConditionalGeneration"
     consumer_kv_tensors = ("self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_norm.weight")

@@ -1,20 +1,32 @@
 """Submodels at their weight formats: each weight as the shipped GGUF file holds it.
 
 A slice config's `weight_formats` gives every stored tensor a format (`matlab.plan.tensor_formats`,
-by llama.cpp's converter's rules: 1-D tensors in F32, rows off the block in F16, ...). The
+by llama.cpp's rules: 1-D tensors in F32, fallbacks where rows are not whole blocks, ...). The
 elastic submodel then runs with each weight replaced by its round trip through that format,
-computed by the `gguf` package's reference quantizers (`matlab.formats.round_trip`): the very
-numbers the file holds, in the run's dtype.
+made by llama.cpp's own quantizer code (`matlab.formats.quantize`): the very numbers the file
+holds, in the run's dtype.
 
-Each weight is quantized once per format, whole, and kept dequantized (`FormatCache`), so a
-candidate of a search costs no quantization: blocks run along a row (a weight's input
-dimension), so the rows of a narrower gate/up projection, and the columns of a narrower down
-projection cut at whole blocks, are views of the whole tensor's round trip. A cut that splits
-blocks (a per-layer table whose layers' blocks are narrower than a quantization block, as
-nano's 16-wide per-layer embeddings are: two layers share a 32-element block, and skipping
-one changes what the other's block quantizes to) is quantized as cut, once per distinct cut.
+A cache the size of the file. Each weight is quantized once per format, whole, and kept as the
+file keeps it: its packed blocks (`packed`), at most that format's bytes, never a dequantized
+copy of the model per format. A candidate's weights are dequantized when its forward pass
+needs them (`weight`, called as each module runs: `matlab.core.formatted`) and dropped after,
+so a search holds the packed formats and one module's weights at a time. Blocks run along a row
+(a weight's input dimension), so the rows of a narrower gate/up projection are rows of the
+packed tensor, and the columns of a narrower down projection cut at whole blocks are a prefix of
+every packed row: a narrower FFN is a view of the packed tensor (`QuantizedWeight` states the
+rule). A cut that splits blocks (a per-layer table whose layers' blocks are narrower than a
+quantization block, as nano's 16-wide per-layer embeddings are: two layers share a 32-element
+block, and skipping one changes what the other's block quantizes to) is quantized as cut, once
+per distinct cut.
 
-Memory: one dequantized copy of the text weights per format in use, at the run's dtype.
+Tables read by token (`rows_only`: Gemma 3n's per-layer embedding table, 2.35G of E4B's 6.87G
+text elements) are quantized for the token rows a run asks for (the calibration's, then any
+others as they come), never whole: its blocks run along rows, so each row quantizes alone.
+The token embedding is quantized whole: it is also the tied output layer.
+
+Memory, measured (reports/benchmarks.md): the packed bytes of each format in use, plus, where
+the originals are released (`release_originals`, a search over formats alone), no float copy of
+the weights at all beyond the one module running.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,7 +43,8 @@ import numpy as np
 import torch
 
 from matlab.errors import FormatError
-from matlab.formats.types import block_size, check_format, dequantize, fits, quantize, round_trip
+from matlab.formats.tensors import llama_fallback
+from matlab.formats.types import block_shape, block_size, check_format, dequantize, fits, quantize
 from matlab.progress import NO_PROGRESS, Progress
 
 Ranges = tuple[tuple[int, int], ...]
@@ -42,72 +56,105 @@ class Cut(Protocol):
     rows: Ranges | None
     cols: Ranges | None
 
-CHUNK_ELEMENTS = 1 << 24  # rows round-tripped at a time: 64 MB of float32
+
+CHUNK_ELEMENTS = 1 << 24  # rows quantized at a time: 64 MB of float32
 
 # The format in which a run dtype holds its values exactly: that format's round trip is the identity.
 EXACT_FORMATS = {torch.float32: ("f32",), torch.bfloat16: ("bf16", "f32"), torch.float16: ("f16", "f32")}
 
 
 class FormatCache:
-    """Round trips of one loaded model's weights through weight formats, computed once each."""
+    """One loaded model's weights packed in weight formats, each made once; dequantized on demand."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, rows_only: Iterable[str] = ()):
+        self.model = model
         self.parameters = dict(model.named_parameters())
-        self._whole: dict[tuple[str, str], torch.Tensor] = {}
-        self._cut: dict[tuple[str, str, Ranges, Ranges], torch.Tensor] = {}
-        self.seconds: Counter[str] = Counter()  # quantizing (and back), per format, summed over threads
+        self.rows_only = frozenset(rows_only)  # tables quantized by the rows asked for
+        self._packed: dict[tuple[str, str], np.ndarray] = {}
+        self._rows: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (sorted ids, their packed rows)
+        self._cut: dict[tuple[str, str, Ranges, Ranges], np.ndarray] = {}
+        self._released: set[str] = set()
+        self.seconds: Counter[str] = Counter()  # quantizing, per format, summed over threads
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set when `prepare` is interrupted: its threads stop at a chunk
 
-    def _round_trip(self, values: torch.Tensor, fmt: str) -> torch.Tensor:
-        """`values` through `fmt` and back, in the run's dtype and device. Rows quantize
-        independently, so a large table goes through in chunks of rows: memory is the result
-        plus one chunk per thread (E4B's per-layer table is 2.3G elements)."""
+    # -- packing ------------------------------------------------------------------------------
+
+    def _quantize(self, values: torch.Tensor, fmt: str) -> np.ndarray:
+        """The packed rows of `values` in `fmt`, a chunk of rows at a time (a large table's float32
+        copy is never made whole)."""
         started = time.perf_counter()
-        result = torch.empty_like(values, device=values.device)
         rows = max(1, CHUNK_ELEMENTS // max(values.shape[-1], 1)) if values.ndim > 1 else len(values)
+        pieces = []
         for start in range(0, max(len(values), 1), rows):
             if self._stopping.is_set():
                 raise InterruptedError("quantization stopped")
             chunk = values[start:start + rows].detach().to("cpu", torch.float32).numpy()
-            result[start:start + rows] = torch.from_numpy(np.ascontiguousarray(round_trip(chunk, fmt)))
+            pieces.append(quantize(chunk, fmt))
         with self._lock:
             self.seconds[fmt] += time.perf_counter() - started
-        return result
+        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 
-    def whole(self, name: str, fmt: str) -> torch.Tensor:
-        """The whole tensor `name` as format `fmt` holds it (itself where that is exact)."""
-        parameter = self.parameters[name]
-        if fmt in EXACT_FORMATS.get(parameter.dtype, ()):
-            return parameter
-        key = (name, fmt)
-        if key not in self._whole:
-            self._whole[key] = self._round_trip(parameter, fmt)
-        return self._whole[key]
+    def _original(self, name: str) -> torch.Tensor:
+        if name in self._released:
+            raise FormatError(f"{name}: its float values were released after packing; a cut that splits its blocks "
+                              "cannot be quantized again (keep the originals: release_originals is for searches whose "
+                              "cuts keep whole blocks)")
+        return self.parameters[name]
 
-    def prepare(self, formats: tuple[str, ...], progress: Progress = NO_PROGRESS,
-                threads: int | None = None) -> dict[str, float]:
-        """Quantize every 2-D weight in each of `formats` now (where its rows are whole blocks);
-        wall seconds per format. A search calls it so that its candidates cost no quantization.
-        gguf's quantizers are numpy code on the CPU, one tensor at a time: weights go through on
-        `threads` threads (default: torch's), numpy releasing the GIL in its array work. On a
-        full-size model this is still minutes, so it reports progress in millions of elements."""
-        todo = [(fmt, name, parameter) for fmt in formats for name, parameter in self.parameters.items()
-                if parameter.ndim == 2 and parameter.shape[-1] % block_size(fmt) == 0]
-        progress.start(sum(parameter.numel() for *_, parameter in todo) / 1e6,
-                       description=f"quantizing the weights to {', '.join(formats)} (M elements)")
-        seconds = {}
-        pool = ThreadPoolExecutor(threads or torch.get_num_threads())
-        try:
-            for fmt in formats:
-                progress.describe(f"quantizing the weights to {fmt} (M elements)")
+    def packed(self, name: str, fmt: str) -> np.ndarray:
+        """The whole tensor `name` as the file stores it in `fmt` (uint8 rows), made once."""
+        key = (name, check_format(fmt))
+        if key not in self._packed:
+            if name in self.rows_only:
+                raise FormatError(f"{name} is quantized by the rows a run reads (rows_only); ask for its rows")
+            self._packed[key] = self._quantize(self._original(name), fmt)
+        return self._packed[key]
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds: packed weights, rows and cuts."""
+        return (sum(array.nbytes for array in self._packed.values()) + sum(array.nbytes for array in self._cut.values())
+                + sum(ids.nbytes + rows.nbytes for ids, rows in self._rows.values()))
+
+    def prepare(self, formats: tuple[str, ...], progress: Progress = NO_PROGRESS, threads: int | None = None,
+                release: Iterable[str] = ()) -> dict[str, float]:
+        """Pack every 2-D weight (but the tables read by rows) in each of `formats` now (or, where
+        its rows are not whole blocks of one, in the type llama.cpp falls back to), unless the
+        format is the run dtype's own; wall seconds per format. A search calls it so that its
+        candidates cost no quantization. Weights go through on `threads` threads (default:
+        torch's; the quantizers release the GIL), one weight at a time each, in chunks of rows;
+        progress is in millions of elements. The weights named in `release` give their float
+        values up as soon as all their formats are packed (`release_originals`): memory peaks
+        at the model or the packed formats, not their sum."""
+        todo: dict[str, list[str]] = {}
+        for name, parameter in self.parameters.items():
+            if parameter.ndim != 2 or name in self.rows_only:
+                continue
+            stored = {fmt if fits(parameter.shape[-1], fmt) else llama_fallback(parameter.shape[-1], fmt)
+                      for fmt in formats}
+            todo[name] = sorted(fmt for fmt in stored if fmt not in EXACT_FORMATS.get(parameter.dtype, ()))
+        total = sum(self.parameters[name].numel() * len(kinds) for name, kinds in todo.items())
+        progress.start(total / 1e6, description=f"quantizing the weights to {', '.join(formats)} (M elements)")
+        spent: Counter[str] = Counter()
+        releasable = set(release)
+
+        def pack(name: str) -> None:
+            for fmt in todo[name]:
                 started = time.perf_counter()
-                jobs = {pool.submit(self.whole, name, fmt): parameter.numel()
-                        for each, name, parameter in todo if each == fmt}
-                for job in as_completed(jobs):
-                    job.result()
-                    progress.advance(jobs[job] / 1e6)
-                seconds[fmt] = round(time.perf_counter() - started, 3)
+                self.packed(name, fmt)
+                with self._lock:
+                    spent[fmt] += time.perf_counter() - started
+            if name in releasable and todo[name]:
+                self.release_originals([name])
+
+        pool = ThreadPoolExecutor(threads or torch.get_num_threads())
+        started = time.perf_counter()
+        try:
+            jobs = {pool.submit(pack, name): self.parameters[name].numel() * len(kinds)
+                    for name, kinds in todo.items()}
+            for job in as_completed(jobs):
+                job.result()
+                progress.advance(jobs[job] / 1e6)
         except BaseException:
             # Ctrl-C (or a failure) must not wait minutes for the queued weights: drop them, and
             # the running ones stop at their next chunk.
@@ -116,23 +163,112 @@ class FormatCache:
             self._stopping.clear()
             raise
         pool.shutdown()
-        return seconds
+        wall = time.perf_counter() - started
+        # Wall seconds shared out by each format's share of the thread time (the formats ran together).
+        busy = sum(spent.values()) or 1.0
+        return {fmt: round(wall * spent.get(fmt, 0.0) / busy, 3) for fmt in formats if fmt in spent} or \
+            {fmt: 0.0 for fmt in formats}
 
-    def weight(self, name: str, spec: Cut, fmt: str) -> tuple[torch.Tensor, bool]:
-        """(tensor, cut): the whole tensor's round trip, for the caller to cut by `spec` as it
-        cuts the model's own (cut False); or, where `spec` splits blocks of `fmt`, the cut
-        tensor's own round trip (cut True)."""
-        parameter = self.parameters[name]
+    def release_originals(self, names: Iterable[str]) -> int:
+        """Replace the float values of `names` (packed in every format a run will ask for) with
+        one-element stand-ins of their shape (strides 0): memory goes to the packed formats
+        alone. Returns the bytes released. A cut that splits blocks can then no longer be made
+        (FormatError)."""
+        released = 0
+        for name in names:
+            parameter = self.parameters[name]
+            if name in self._released:
+                continue
+            released += parameter.numel() * parameter.element_size()
+            parameter.data = torch.zeros((), dtype=parameter.dtype, device=parameter.device).expand(parameter.shape)
+            self._released.add(name)
+        return released
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _splits(self, name: str, spec: Cut, fmt: str) -> bool:
         block = block_size(fmt)
         bounds = [bound for start, stop in (spec.cols or ()) for bound in (start, stop)]
-        if parameter.shape[-1] % block == 0 and all(bound % block == 0 for bound in bounds):
-            return self.whole(name, fmt), False
-        key = (name, fmt, spec.rows or (), spec.cols or ())
-        if key not in self._cut:
-            rows = torch.cat([parameter[start:stop] for start, stop in spec.rows]) if spec.rows else parameter
-            cut = torch.cat([rows[:, start:stop] for start, stop in spec.cols], dim=1) if spec.cols else rows
-            self._cut[key] = cut if fmt in EXACT_FORMATS.get(parameter.dtype, ()) else self._round_trip(cut, fmt)
-        return self._cut[key], True
+        return self.parameters[name].shape[-1] % block != 0 or any(bound % block for bound in bounds)
+
+    def weight(self, name: str, spec: Cut, fmt: str, dtype: torch.dtype | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """The kept rows and columns (`spec`) of tensor `name` as `fmt` holds them, dequantized now
+        (run dtype and device unless given): from the packed tensor where the cut keeps whole
+        blocks, else from the cut's own packing."""
+        parameter = self.parameters[name]
+        dtype, device = dtype or parameter.dtype, device or parameter.device
+        if self._splits(name, spec, fmt):
+            key = (name, fmt, spec.rows or (), spec.cols or ())
+            if key not in self._cut:
+                original = self._original(name)
+                rows = torch.cat([original[start:stop] for start, stop in spec.rows]) if spec.rows else original
+                cut = torch.cat([rows[:, start:stop] for start, stop in spec.cols], dim=1) if spec.cols else rows
+                self._cut[key] = self._quantize(cut, fmt)
+            values = dequantize(self._cut[key], fmt)
+        else:
+            stored = self.packed(name, fmt)
+            if spec.rows:
+                stored = np.concatenate([stored[start:stop] for start, stop in spec.rows]) if len(spec.rows) > 1 \
+                    else stored[spec.rows[0][0]:spec.rows[0][1]]
+            if spec.cols:
+                stored = _stored_columns(stored, parameter.shape[-1], spec.cols, fmt)
+            values = dequantize(np.ascontiguousarray(stored), fmt)
+        return torch.from_numpy(values).to(device=device, dtype=dtype)
+
+    def whole(self, name: str, fmt: str) -> torch.Tensor:
+        """The whole tensor `name` as `fmt` holds it, dequantized (itself where that is exact)."""
+        parameter = self.parameters[name]
+        if fmt in EXACT_FORMATS.get(parameter.dtype, ()):
+            return parameter
+        return self.weight(name, _WHOLE, fmt)
+
+    def rows(self, name: str, fmt: str, token_ids: torch.Tensor, cols: Ranges | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows `token_ids` (any shape) of a table read by rows, cut to columns `cols`, as `fmt`
+        holds them: [*ids.shape, kept columns]. Rows not yet packed are quantized now, and kept;
+        where the cut splits blocks of `fmt`, the cut rows are quantized as cut."""
+        parameter = self.parameters[name]
+        dtype = dtype or parameter.dtype
+        flat = token_ids.detach().cpu().numpy().reshape(-1)
+        if self._splits(name, _Whole(None, cols), fmt):
+            original = self._original(name)[torch.from_numpy(flat).to(parameter.device)]
+            cut = torch.cat([original[:, start:stop] for start, stop in cols], dim=1) if cols else original
+            values = torch.from_numpy(dequantize(self._quantize(cut, fmt), fmt))
+            return values.to(device=token_ids.device, dtype=dtype).reshape(*token_ids.shape, -1)
+        key = (name, check_format(fmt))
+        known, packed = self._rows.get(key, (np.empty(0, dtype=np.int64), None))
+        missing = np.setdiff1d(np.unique(flat), known)
+        if missing.size:
+            new = self._quantize(self._original(name)[torch.from_numpy(missing).to(parameter.device)], fmt)
+            known = np.concatenate([known, missing])
+            packed = new if packed is None else np.concatenate([packed, new])
+            order = np.argsort(known)
+            known, packed = known[order], packed[order]
+            self._rows[key] = (known, packed)
+        stored = packed[np.searchsorted(known, flat)]
+        if cols:
+            stored = _stored_columns(stored, parameter.shape[-1], cols, fmt)
+        values = torch.from_numpy(dequantize(np.ascontiguousarray(stored), fmt))
+        return values.to(device=token_ids.device, dtype=dtype).reshape(*token_ids.shape, -1)
+
+
+def _stored_columns(stored: np.ndarray, row_length: int, cols: Ranges, fmt: str) -> np.ndarray:
+    """The stored form of columns `cols` (whole blocks) of rows of `row_length` elements: the
+    same blocks of each stored row (bytes for block types, elements for f16 and f32)."""
+    per_element = stored.shape[-1] / row_length  # stored units (bytes or elements) per element
+    elements = block_shape(fmt)[0]
+    unit = round(per_element * elements)  # stored units per block
+    return np.concatenate([stored[:, start // elements * unit:stop // elements * unit] for start, stop in cols], axis=1)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    rows: Ranges | None = None
+    cols: Ranges | None = None
+
+
+_WHOLE = _Whole()
 
 
 @dataclass(frozen=True, eq=False)

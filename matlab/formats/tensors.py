@@ -60,3 +60,16 @@ def stored_format(shape: tuple[int, ...], asked: str, always_float32: bool = Fal
     if len(shape) < 2 or always_float32:
         return "f32"
     return asked if fits(shape[-1], asked) else FALLBACK_FORMAT
+
+
+# llama-quantize's types for a row that is not whole blocks of the asked K-quant (`tensor_type_fallback`).
+LLAMA_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+
+
+def llama_fallback(row_length: int, asked: str) -> str:
+    """The type llama-quantize stores a tensor in when asked for `asked`: itself where its rows
+    are whole blocks, else its fallback, else F16 ("unusual shape")."""
+    if fits(row_length, asked):
+        return asked
+    fallback = LLAMA_FALLBACK.get(asked, asked)
+    return fallback if fits(row_length, fallback) else FALLBACK_FORMAT

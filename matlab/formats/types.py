@@ -1,17 +1,20 @@
 """GGUF weight formats: their names, the exact bytes a tensor takes in each, and the round trip
-through the `gguf` package's reference quantizers.
+a tensor makes through each (quantized the way llama.cpp quantizes it, and back).
 
-Which formats. Only the GGUF types the `gguf` package (llama.cpp's own gguf-py) can both
-quantize and dequantize on the CPU, so that the quality of a submodel at its format is measured
-on the very numbers the file holds: f32, f16, bf16 and the 32-element block types q8_0, q5_1,
-q5_0, q4_1 and q4_0 (`gguf.quants` implements llama.cpp's `quantize_row_*_ref` for them; with no
-importance matrix, `llama-quantize` runs the same reference code, so its bytes are these).
-llama.cpp, and the runtimes built on it (llama-cpp-python, Ollama), load all of them.
-Left out, and refused by name: the K-quants (q2_k..q6_k, and the q4_k_m style file types that
-mix them) and the i-quants, which gguf can only dequantize (llama.cpp alone quantizes them, and
-they need rows divisible by 256); tq1_0/tq2_0, ternary types for models trained ternary
-(BitNet), which they would wreck otherwise; and mxfp4, which llama.cpp writes only for
-checkpoints that arrive in MXFP4 (gpt-oss's experts).
+Which formats. The GGUF types llama.cpp writes from a float checkpoint with no importance
+matrix, quantized by llama.cpp's own reference code, so that the quality of a submodel at its
+format is measured on the very numbers the file holds: f32, f16, bf16; the 32-element block
+types q8_0, q5_1, q5_0, q4_1, q4_0; and the K-quants q6_k, q5_k, q4_k, q3_k, q2_k (256-element
+super-blocks), the types llama.cpp's presets (Q4_K_M and kin, `matlab.formats.presets`) mix.
+The block types are quantized by ggml's own `ggml_quantize_chunk` (`matlab.formats.ggml`: the
+function llama-quantize calls), where its library is installed, and the 32-element ones else by
+the `gguf` package's numpy ports of the same code (`matlab.formats.reference`; the two give the
+same bytes, tested). llama.cpp, and the runtimes built on it (llama-cpp-python, Ollama), load
+all of them. Refused by name: the i-quants (iq2_xxs, iq4_xs, ...), which need an importance
+matrix or have no reference quantizer; tq1_0/tq2_0, ternary types for models trained ternary
+(BitNet), which they would wreck otherwise; mxfp4, which llama.cpp writes only for checkpoints
+that arrive in MXFP4 (gpt-oss's experts); and the presets' names, which are file types (a type
+per tensor), not one tensor's format.
 
 Blocks run along a tensor's last dimension (a row, the input dimension of a weight): a row of
 `n` elements takes `n / block * bytes_per_block` bytes, block scales included, and a row that is
@@ -27,6 +30,7 @@ projection, when its width is a multiple of the block).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from math import prod
 from typing import TYPE_CHECKING
@@ -47,19 +51,34 @@ IMPLEMENTATIONS = {
     "f32": "matlab.formats.reference",
     "f16": "matlab.formats.reference",
     "bf16": "matlab.formats.reference",
-    "q8_0": "matlab.formats.reference",
-    "q5_1": "matlab.formats.reference",
-    "q5_0": "matlab.formats.reference",
-    "q4_1": "matlab.formats.reference",
-    "q4_0": "matlab.formats.reference",
+    "q8_0": "matlab.formats.ggml",
+    "q6_k": "matlab.formats.ggml",
+    "q5_1": "matlab.formats.ggml",
+    "q5_k": "matlab.formats.ggml",
+    "q5_0": "matlab.formats.ggml",
+    "q4_1": "matlab.formats.ggml",
+    "q4_k": "matlab.formats.ggml",
+    "q4_0": "matlab.formats.ggml",
+    "q3_k": "matlab.formats.ggml",
+    "q2_k": "matlab.formats.ggml",
 }
+# Where ggml's library is missing, the types the `gguf` package also quantizes (the same bytes).
+FALLBACK_IMPLEMENTATIONS = {"q8_0": "matlab.formats.reference", "q5_1": "matlab.formats.reference",
+                            "q5_0": "matlab.formats.reference", "q4_1": "matlab.formats.reference",
+                            "q4_0": "matlab.formats.reference"}
+K_QUANTS = ("q6_k", "q5_k", "q4_k", "q3_k", "q2_k")
+# llama.cpp's file types (`llama-quantize --ftype`): a type per tensor (`matlab.formats.presets`).
+PRESET_NAMES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "q8_0")
 FORMATS = tuple(IMPLEMENTATIONS)
 FLOAT_FORMATS = ("f32", "f16", "bf16")
 # GGUF types (and llama.cpp file types such as q4_k_m) that are not offered, and why.
 _NOT_OFFERED = (
-    (re.compile(r"i?q[1-8]_(k|xx?s|s|m|nl)(_[a-z]+)?|q8_1|q1_0|nvfp4"),
-     "has no reference quantizer in the gguf package (llama.cpp alone quantizes it), so quality at that format "
-     "cannot be measured"),
+    (re.compile(r"q[2-6]_k_[sml]"),
+     "is a llama.cpp file type (a type per tensor), not one tensor's format: give it as the whole weight_formats "
+     "(`weight_formats: q4_k_m`, or `{preset: q4_k_m}`)"),
+    (re.compile(r"iq[1-4]_(xx?s|s|m|nl)|q8_k|q8_1|q1_0|nvfp4"),
+     "needs an importance matrix or has no reference quantizer in llama.cpp, so quality at that format cannot be "
+     "measured here"),
     (re.compile(r"tq[12]_0"), "is a ternary type for models trained ternary (BitNet); it would wreck these weights"),
     (re.compile(r"mxfp4"), "is written by llama.cpp only for checkpoints that arrive in MXFP4 (gpt-oss's experts)"),
 )
@@ -76,6 +95,14 @@ def check_format(name: object) -> str:
         if pattern.fullmatch(lowered):
             raise FormatError(f"{shown_value(name)} {reason}; use one of {', '.join(FORMATS)}")
     raise FormatError(f"{shown_value(name)} is not a GGUF weight format; use one of {', '.join(FORMATS)}")
+
+
+def check_preset(name: object) -> str:
+    """The llama.cpp file type `name` names (any case), or FormatError listing them."""
+    lowered = name.strip().lower() if isinstance(name, str) else None
+    if lowered not in PRESET_NAMES:
+        raise FormatError(f"{shown_value(name)} is not a llama.cpp file type; use one of {', '.join(PRESET_NAMES)}")
+    return lowered
 
 
 def ggml_type(format: str) -> GGMLQuantizationType:
@@ -119,7 +146,19 @@ def tensor_bytes(shape: tuple[int, ...], format: str) -> int:
 
 
 def _implementation(format: str):
-    return importlib.import_module(IMPLEMENTATIONS[check_format(format)])
+    format = check_format(format)
+    module = IMPLEMENTATIONS[format]
+    if module.endswith(".ggml") and not _ggml_available():
+        if format not in FALLBACK_IMPLEMENTATIONS:
+            from matlab.formats.ggml import library
+
+            library()  # raises, saying how to install ggml's library
+        module = FALLBACK_IMPLEMENTATIONS[format]
+    return importlib.import_module(module)
+
+
+def _ggml_available() -> bool:
+    return importlib.util.find_spec("libggml") is not None
 
 
 def quantize(weights: np.ndarray, format: str) -> np.ndarray:

@@ -34,6 +34,8 @@ def submodel_id(kept_layers: tuple[int, ...], ffn_widths: tuple[int, ...], forma
 def formats_identity(formats: WeightFormats, kept_layers: tuple[int, ...]) -> dict:
     """Weight formats with every default filled in, one entry per kept layer: equal for any
     two spellings of the same formats."""
+    if formats.preset is not None:
+        return {"preset": formats.preset}
     return {"embeddings": formats.embeddings_format, "per_layer_embeddings": formats.per_layer_embeddings_format,
             "default": formats.default,
             "layers": [[entry.attention, entry.ffn] for entry in formats.for_layers(kept_layers)]}

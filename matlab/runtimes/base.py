@@ -170,6 +170,9 @@ def float_formats(plan: SlicePlan) -> str | None:
     formats = plan.config.weight_formats
     if formats is None:
         return None
+    if formats.preset is not None:
+        return (f"it loads safetensors weights in float dtypes, and weight_formats is llama.cpp's file type "
+                f"{formats.preset}; export the slice with `matformer export --format gguf` for llama.cpp or Ollama")
     named = {formats.default, formats.embeddings_format, formats.per_layer_embeddings_format,
              *(fmt for entry in formats.for_layers(plan.kept_layers) for fmt in (entry.attention, entry.ffn))}
     blocks = sorted(set(named) - set(FLOAT_FORMATS), key=FORMATS.index)

@@ -28,9 +28,10 @@ from matlab.arch.facts import facts_from_checkpoint
 from matlab.arch.inventory import inventory_from_checkpoint
 from matlab.errors import InputError, MatformerError, OutputExistsError
 from matlab.formats.tensors import TensorFormat
+from matlab.formats.types import PRESET_NAMES
 from matlab.io.staging import PROVENANCE_NAME, check_apart
 from matlab.plan import SlicePlan
-from matlab.plan.tensor_formats import tensor_formats
+from matlab.plan.tensor_formats import SOURCE_TYPES, tensor_formats, uses_llama_quantize
 from matlab.runtimes.base import RUNNERS
 from matlab.runtimes.envs import env_directory, interpreter
 from matlab.runtimes.llama_cpp import source_tree
@@ -38,7 +39,9 @@ from matlab.slice_config import SliceConfig
 from matlab.slice_config.weight_formats import WeightFormats
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
-QUANTIZER_TYPES = ("q4_0", "q4_k_m", "q5_k_m", "q6_k")
+# llama.cpp's file types made by its quantizer from the converter's file at the checkpoint's own
+# type (`--type q8_0` is the converter's own Q8_0, which quantizes every 2-D tensor).
+QUANTIZER_TYPES = tuple(preset for preset in PRESET_NAMES if preset not in CONVERTER_TYPES) + ("q4_0",)
 PER_TENSOR = "per-tensor"  # a type per tensor: the slice's recorded weight_formats
 GGUF_TYPES = CONVERTER_TYPES + QUANTIZER_TYPES + (PER_TENSOR,)
 RENAMED_TYPES = {"formats": PER_TENSOR}  # its name before 0.2, still read
@@ -60,6 +63,11 @@ def check_gguf_type(weight_type: str) -> str:
 def recorded_tensor_formats(checkpoint: Path) -> list[TensorFormat]:
     """The GGUF format of every text tensor the slice `checkpoint` stores, from the weight
     formats its provenance records (the config's, re-read on the slice's own kept layers)."""
+    return tensor_formats(_recorded_plan(checkpoint), inventory_from_checkpoint(checkpoint))
+
+
+def _recorded_plan(checkpoint: Path) -> SlicePlan:
+    """The plan of the slice `checkpoint` on its own (renumbered) layers with its recorded formats."""
     provenance_file = checkpoint / PROVENANCE_NAME
     try:
         provenance = json.loads(provenance_file.read_text(encoding="utf-8"))
@@ -78,9 +86,10 @@ def recorded_tensor_formats(checkpoint: Path) -> list[TensorFormat]:
     if len(kept) != facts.num_layers:
         raise InputError(f"{provenance_file}: records {len(kept)} kept layers, but {checkpoint / 'config.json'} has "
                          f"{facts.num_layers}; slice again")
-    own = formats.model_copy(update={"layers": formats.for_layers(kept)})  # on the slice's own (renumbered) layers
+    # A preset names no layers.
+    own = formats if formats.preset else formats.model_copy(update={"layers": formats.for_layers(kept)})
     config = SliceConfig(name=checkpoint.name, ffn_widths=tuple(facts.ffn_widths), weight_formats=own)
-    return tensor_formats(SlicePlan.build(config, facts, str(provenance_file)), inventory_from_checkpoint(checkpoint))
+    return SlicePlan.build(config, facts, str(provenance_file))
 
 
 def convert_to_gguf(checkpoint: Path, out: Path, weight_type: str, timeout: float = 3600) -> Path:
@@ -89,18 +98,87 @@ def convert_to_gguf(checkpoint: Path, out: Path, weight_type: str, timeout: floa
     python = interpreter("llama.cpp")
     tree = source_tree(env_directory("llama.cpp")) / "vendor" / "llama.cpp"
     if weight_type == PER_TENSOR:
+        if uses_llama_quantize(_recorded_plan(checkpoint)):
+            return _quantize_typed(checkpoint, out, python, tree, timeout)
         return _convert_typed(checkpoint, out, python, tree, timeout)
-    first = out if weight_type in CONVERTER_TYPES else out.with_name(out.name + ".f32")
-    _child([str(python), str(tree / "convert_hf_to_gguf.py"), str(checkpoint),
-            "--outtype", weight_type if weight_type in CONVERTER_TYPES else "f32", "--outfile", str(first)],
-           "llama.cpp's converter", checkpoint, timeout)
-    if first != out:
-        try:
-            _child([str(python), str(RUNNERS / "llamacpp_quantize.py"), str(first), str(out), weight_type],
-                   "llama.cpp's quantizer", first, timeout)
-        finally:
-            first.unlink(missing_ok=True)
+    if weight_type in CONVERTER_TYPES:
+        _child([str(python), str(tree / "convert_hf_to_gguf.py"), str(checkpoint), "--outtype", weight_type,
+                "--outfile", str(out)], "llama.cpp's converter", checkpoint, timeout)
+        return out
+    _quantize(checkpoint, out, weight_type, None, python, tree, timeout)
     return out
+
+
+def _source(checkpoint: Path) -> str:
+    """The checkpoint's own type as the converter writes it: what llama-quantize reads."""
+    return SOURCE_TYPES.get(facts_from_checkpoint(checkpoint).dtype, "f32")
+
+
+def _quantize(checkpoint: Path, out: Path, preset: str, types: dict[str, str] | None, python: Path, tree: Path,
+              timeout: float) -> dict[str, str]:
+    """The converter at the checkpoint's own type, then llama.cpp's quantizer with `preset`
+    (and, with `types`, the type of each tensor by its name here); returns the file's tensor
+    names by their names here."""
+    first = out.with_name(f".{out.name}.source")
+    names = out.with_name(f".{out.name}.names.json")
+    overrides = out.with_name(f".{out.name}.types.json")
+    try:
+        _child([str(python), str(RUNNERS / "llamacpp_convert.py"), str(tree), str(checkpoint), str(first), "--names",
+                str(names), _source(checkpoint)], "llama.cpp's converter", checkpoint, timeout)
+        command = [str(python), str(RUNNERS / "llamacpp_quantize.py"), str(first), str(out), preset]
+        if types is not None:
+            gguf_names = json.loads(names.read_text(encoding="utf-8"))
+            overrides.write_text(json.dumps({gguf_names[name]: kind for name, kind in types.items()
+                                             if name in gguf_names}), encoding="utf-8")
+            command.append(str(overrides))
+        _child(command, "llama.cpp's quantizer", first, timeout)
+        return json.loads(names.read_text(encoding="utf-8"))
+    finally:
+        for path in (first, names, overrides):
+            path.unlink(missing_ok=True)
+
+
+def _quantize_typed(checkpoint: Path, out: Path, python: Path, tree: Path, timeout: float) -> Path:
+    """A slice whose formats are llama-quantize's (a preset, or K-quants): its file made by
+    llama.cpp's quantizer, each tensor the type the formats give it; the file's types and bytes
+    checked against the count, tensor by tensor."""
+    plan = _recorded_plan(checkpoint)
+    tensors = recorded_tensor_formats(checkpoint)
+    facts = facts_from_checkpoint(checkpoint)
+    names = {tensor.name: facts.family.text_only_name(tensor.name, facts.is_multimodal) or tensor.name
+             for tensor in tensors}
+    preset = plan.config.weight_formats.preset
+    types = None if preset else {names[tensor.name]: tensor.asked for tensor in tensors if len(tensor.shape) > 1}
+    gguf_names = _quantize(checkpoint, out, preset or "q4_k_m", types, python, tree, timeout)
+    _check_bytes(out, tensors)
+    _check_types(out, tensors, {tensor.name: gguf_names.get(names[tensor.name]) for tensor in tensors})
+    return out
+
+
+def _check_types(out: Path, tensors: list[TensorFormat], gguf_names: dict[str, str | None]) -> None:
+    """Each tensor's type in the file is the one counted (tensors the converter stacks into one,
+    AltUp's projections, are checked by bytes only)."""
+    from gguf import GGUFReader
+
+    written = {tensor.name: tensor.tensor_type.name.lower() for tensor in GGUFReader(out).tensors}
+    named = Counter(gguf_names.values())
+    wrong = [f"{tensor.name} ({gguf_names[tensor.name]}): {written[gguf_names[tensor.name]]}, counted {tensor.format}"
+             for tensor in tensors if named[gguf_names[tensor.name]] == 1 and gguf_names[tensor.name] in written
+             and written[gguf_names[tensor.name]] != tensor.format]
+    if wrong:
+        raise ConversionError(f"{out}: llama.cpp typed {len(wrong)} tensor(s) otherwise than counted, first "
+                              f"{wrong[0]} (please report this)")
+
+
+def _check_bytes(out: Path, tensors: list[TensorFormat]) -> None:
+    expected: Counter[str] = Counter()
+    for tensor in tensors:
+        expected[tensor.format] += tensor.nbytes
+    written = gguf_bytes_by_type(out)
+    if written != dict(expected):
+        raise ConversionError(f"{out}: llama.cpp wrote {_bytes_line(written)} where the slice's weight formats "
+                              f"count {_bytes_line(expected)}; the byte accounting and llama.cpp disagree (please "
+                              "report this)")
 
 
 def _convert_typed(checkpoint: Path, out: Path, python: Path, tree: Path, timeout: float) -> Path:
@@ -117,14 +195,7 @@ def _convert_typed(checkpoint: Path, out: Path, python: Path, tree: Path, timeou
                 str(types_file)], "llama.cpp's converter", checkpoint, timeout)
     finally:
         types_file.unlink(missing_ok=True)
-    expected: Counter[str] = Counter()
-    for tensor in tensors:
-        expected[tensor.format] += tensor.nbytes
-    written = gguf_bytes_by_type(out)
-    if written != dict(expected):
-        raise ConversionError(f"{out}: llama.cpp's converter wrote {_bytes_line(written)} where the slice's weight "
-                              f"formats count {_bytes_line(expected)}; the byte accounting and the converter disagree "
-                              "(please report this)")
+    _check_bytes(out, tensors)
     return out
 
 

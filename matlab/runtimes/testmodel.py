@@ -132,10 +132,11 @@ def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def write_runtime_test_model(out: Path, *, seed: int = 0, force: bool = False) -> Path:
+def write_runtime_test_model(out: Path, *, seed: int = 0, force: bool = False, hidden: int = 64) -> Path:
     """Write a random float32 `Gemma3nForCausalLM` checkpoint with E4B's layer structure and
     tiny widths, with a SentencePiece tokenizer, to `out` (atomically; the same files for the
-    same `seed`).
+    same `seed`). `hidden` 256 makes every weight llama-quantize quantizes whole K-quant
+    super-blocks (FFN 1024, heads of 64; about 130 MB).
 
     Returns:
         `out`.
@@ -145,7 +146,8 @@ def write_runtime_test_model(out: Path, *, seed: int = 0, force: bool = False) -
     from transformers.utils import logging as transformers_logging
 
     out = Path(out)
-    config = Gemma3nTextConfig(**RUNTIME_TEST_CONFIG)
+    config = Gemma3nTextConfig(**{**RUNTIME_TEST_CONFIG, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+                                  "head_dim": hidden // 2})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Gemma3nForCausalLM(config).float()

@@ -11,7 +11,7 @@ from typing import Any
 
 from matlab import __version__
 from matlab.arch.facts import facts_from_checkpoint
-from matlab.arch.inventory import inventory_from_checkpoint
+from matlab.arch.inventory import StoredTensor, inventory_from_checkpoint
 from matlab.core.calibration import (
     Calibration,
     CalibrationText,
@@ -25,11 +25,14 @@ from matlab.core.loading import load_model, load_shapes, load_tokenizer
 from matlab.core.submodel import format_cache
 from matlab.distributed.pool import PoolSettings, WorkerPool
 from matlab.errors import InputError
+from matlab.formats.cache import EXACT_FORMATS
+from matlab.formats.types import FLOAT_FORMATS, check_preset
 from matlab.io.lock import run_directory_lock
 from matlab.io.resolve import EMBEDDED, resolve_checkpoint
 from matlab.io.rundir import changed_keys, checkpoint_identity
 from matlab.io.staging import check_apart
 from matlab.plan import SlicePlan
+from matlab.plan.tensor_formats import tensor_formats
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.runtimes import check_runtime
 from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
@@ -38,6 +41,8 @@ from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, SearchErro
 from matlab.search.objective import OBJECTIVES, measure_candidate
 from matlab.search.space import Budget, Candidate, SearchSpace
 from matlab.search.summary import SearchSummary
+from matlab.slice_config import SliceConfig, load_slice_config
+from matlab.slice_config.weight_formats import WeightFormats
 from matlab.slicing.adapters import adapter_identity
 from matlab.util.sizes import short_count
 
@@ -66,9 +71,13 @@ class SearchSettings:
     formats: tuple[str, ...] | None = None  # weight formats searched with widths and skips (`search --formats`)
     format_genes: str = "group"  # a format per layer and tensor group ("group") or per layer ("layer")
     adapter: Path | None = None  # a PEFT LoRA adapter merged into the full model: its slices are searched
+    # llama.cpp file types (q4_k_m) evaluated on the full model and each of `baseline_configs`
+    # before the search: the files a user would otherwise download, on the same axes as the frontier.
+    baselines: tuple[str, ...] = ()
+    baseline_configs: tuple[Path, ...] = ()
 
 
-_NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool")
+_NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool", "baselines", "baseline_configs")
 
 
 @dataclass
@@ -96,6 +105,16 @@ def _check_arguments(settings: SearchSettings) -> None:
     if settings.formats and settings.max_bytes is None:
         raise InputError("--formats: give --max-bytes; weight formats change the bytes of the file, not the "
                          "effective parameters, so only a byte budget can trade them against widths and skips")
+    if (settings.baselines or settings.baseline_configs) and not settings.formats:
+        raise InputError("--baseline: give --formats too; a preset's cost is the bytes of its GGUF file, the axis of a "
+                         "formats search")
+    if settings.baseline_configs and not settings.baselines:
+        raise InputError("--baseline-config: name the preset it is measured at with --baseline (q4_k_m)")
+    for preset in settings.baselines:
+        try:
+            check_preset(preset)  # the settings keep the spelling given: WeightFormats lowers it again
+        except ValueError as error:
+            raise InputError(f"--baseline {preset}: {error}") from None
 
 
 def calibration_texts(settings: SearchSettings) -> tuple[Iterable[CalibrationText], str]:
@@ -147,7 +166,9 @@ def _search_locked(settings: SearchSettings, directory: Path, facts, progress: P
     calibration = make_calibration(load_tokenizer(directory), texts, calibration_source, settings.window,
                                    settings.calibration_tokens)
     budget = Budget(settings.max_params, settings.max_bytes)
-    arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()}
+    arguments = {key: (str(value) if isinstance(value, Path) else
+                       [str(item) for item in value] if key == "baseline_configs" else value)
+                 for key, value in asdict(settings).items()}
     # What makes two searches the same search: everything but where it writes, how far it goes
     # and what confirms it afterwards; the checkpoint by content, the calibration by the text it used.
     # (`format_genes` only with formats: a search without them, of any version, is the same search.)
@@ -197,10 +218,29 @@ def setup_on_worker(state: dict, payload: dict) -> None:
     state["search"] = payload
 
 
+def releasable(loaded, formats: tuple[str, ...]) -> list[str]:
+    """The weights a search over `formats` never reads at the run dtype: every 2-D weight that
+    llama.cpp quantizes (not the tables read by rows, not those it keeps at the source type),
+    unless a searched format is the run dtype's own."""
+    if any(fmt in EXACT_FORMATS.get(loaded.dtype, ()) for fmt in formats):
+        return []
+    family, prefix = loaded.facts.family, loaded.facts.text_prefix
+    names = []
+    for name, parameter in loaded.model.named_parameters():
+        relative = name.removeprefix(prefix)
+        match = family.layer_tensor.fullmatch(relative)
+        suffix = match.group(2) if match else relative
+        if parameter.ndim == 2 and relative != family.ple_table and suffix not in family.gguf_float32_tensors \
+                and family.gguf_category(suffix) != "kept":
+            names.append(name)
+    return names
+
+
 def candidate_on_worker(state: dict, config) -> tuple[float, float, float]:
     loaded = state["loaded"]
     plan = SlicePlan.build(config, loaded.facts, config.name)
-    weights = formatted_weights(format_cache(loaded), plan) if config.weight_formats else None
+    weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+        if config.weight_formats else None
     return measure_candidate(loaded.model, plan, state["search"]["calibration"], state["search"]["reference"], weights)
 
 
@@ -220,8 +260,6 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
                          f"effective parameters, {smallest.weight_bytes:,} {at}); raise --max-params/--max-bytes")
     journal = Journal(settings.out, identity, arguments)
     started = time.perf_counter()
-    # Every weight quantized once per format, before the first candidate (each is then views).
-    quantize_seconds = format_cache(loaded).prepare(space.formats, progress) if space.formats and not pool else {}
     reference = None
     if settings.objective == "kl":
         reference = pool.call(reference_on_worker, {"calibration": calibration, "top_k": settings.top_k}) if pool else \
@@ -229,7 +267,17 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
     if pool:
         pool.setup(setup_on_worker, {"calibration": calibration, "reference": reference})
     reference_seconds = time.perf_counter() - started
-    progress.start(settings.max_evals, description="search")
+    # Every weight packed once per format, before the first candidate; the full model's own
+    # values are then needed no more where every candidate holds that weight in a format.
+    baselines = baseline_candidates(space, settings)
+    quantize_seconds = {}
+    if space.formats and not pool:
+        # The baselines' own types (q6_k embeddings, promoted attn_v/ffn_down) are packed too:
+        # the originals are released after packing.
+        extra = {tensor.format for _, candidate in baselines for tensor in stored_formats(loaded, space, candidate)}
+        packed = tuple(dict.fromkeys([*space.formats, *sorted(extra - set(space.formats) - set(FLOAT_FORMATS))]))
+        quantize_seconds = format_cache(loaded).prepare(packed, progress, release=releasable(loaded, packed))
+    progress.start(settings.max_evals + len(baselines), description="search")
     timing = {"new": 0, "build": 0.0, "evaluate": 0.0, "wall": 0.0}
     best: list[float] = []
 
@@ -259,7 +307,8 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
         else:
             for index, candidate in enumerate(todo):
                 plan = space.text_plan(candidate.config())
-                weights = formatted_weights(format_cache(loaded), plan) if candidate.weight_formats else None
+                weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+                    if candidate.weight_formats else None
                 record(index, measure_candidate(loaded.model, plan, calibration, reference, weights))
         timing["wall"] += time.perf_counter() - batch_started
         values = [journal.by_id[candidate.submodel_id]["value"] for candidate in candidates]
@@ -271,16 +320,50 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
             progress.describe(f"search: best {settings.objective} under budget {best[0]:.4g}")
         return values
 
-    evaluator = Evaluator(measure, settings.max_evals)
+    evaluator = Evaluator(measure, settings.max_evals + len(baselines))
+    baseline_values = evaluator.many([candidate for _, candidate in baselines], "baseline") if baselines else []
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
+    measured_baselines = [{"name": name, "preset": candidate.weight_formats.preset,
+                            "submodel_id": candidate.submodel_id, "layers_skipped": list(candidate.layers_skipped),
+                            "ffn_widths": list(candidate.ffn_widths), "effective_params": candidate.effective_params,
+                            "weight_bytes": candidate.weight_bytes, "value": value,
+                            "within_budget": budget.excess(candidate) <= 0}
+                           for (name, candidate), value in zip(baselines, baseline_values)]
     timing["quantize_seconds"] = quantize_seconds
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, measured_baselines)
     return SearchResult(settings.out, summary, journal.warnings + space.runtime_warnings() + space.width_warnings())
 
 
+def baseline_candidates(space: SearchSpace, settings: SearchSettings) -> list[tuple[str, Candidate]]:
+    """(name, candidate) of each `--baseline` preset on the full model and on each `--baseline-config`."""
+    configs = [("full", SliceConfig(name="full", layers_skipped=(), ffn_widths=tuple(space.facts.ffn_widths)))]
+    for path in settings.baseline_configs:
+        config = load_slice_config(path)
+        configs.append((config.name, config))
+    found = []
+    for preset in settings.baselines:
+        for name, config in configs:
+            kept = space.facts.num_layers - len(config.layers_skipped)
+            candidate = space.candidate(tuple(config.layers_skipped), config.widths_for(kept),
+                                        WeightFormats(preset=preset))
+            if not candidate.valid:
+                source = "the full model" if name == "full" else f"--baseline-config {name}"
+                raise InputError(f"--baseline {preset}: {source} is no valid slice here: {candidate.problems[0]}")
+            found.append((f"{name}@{preset}", candidate))
+    return found
+
+
+def stored_formats(loaded, space: SearchSpace, candidate: Candidate):
+    """The per-tensor formats of `candidate` on the loaded model (its preset's choices)."""
+    inventory = {name: StoredTensor(tuple(parameter.shape), str(parameter.dtype))
+                 for name, parameter in loaded.model.named_parameters()}
+    return tensor_formats(space.text_plan(candidate.config()), inventory)
+
+
 def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: SearchSettings, calibration: Calibration,
-            reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float) -> SearchSummary:
+            reference_seconds: float, timing: dict, evaluator: Evaluator, seconds: float,
+            baselines: list[dict[str, Any]]) -> SearchSummary:
     """The Pareto set of the feasible evaluated candidates as slice configs, and search.json."""
     frontier = write_frontier(journal, space, budget, evaluator, objective=settings.objective,
                               base=settings.checkpoint, dtype=settings.dtype, calibration=calibration)
@@ -291,6 +374,7 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
         "budget": {"max_params": settings.max_params, "max_bytes": settings.max_bytes, "cost": frontier.cost_key},
         "evaluated": len(evaluator.values), "evaluated_now": timing["new"], "feasible": frontier.feasible,
         "best": min(entries, key=lambda entry: entry["value"]) if entries else None, "frontier": entries,
+        **({"baselines": baselines} if baselines else {}),
         "timing": {"seconds": round(seconds, 2), "reference_seconds": round(reference_seconds, 3),
                    "build_seconds_per_candidate": round(timing["build"] / new, 4),
                    "evaluate_seconds_per_candidate": round(timing["evaluate"] / new, 4),

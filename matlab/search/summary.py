@@ -25,6 +25,17 @@ class FrontierEntry:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A llama.cpp file type (`--baseline q4_k_m`) on the full model or a given config, measured."""
+
+    name: str  # "full@q4_k_m", "e2b@q4_k_m"
+    preset: str
+    weight_bytes: int  # the GGUF file's text tensor bytes
+    value: float
+    within_budget: bool
+
+
+@dataclass(frozen=True)
 class SearchTiming:
     seconds: float
     candidates_per_minute: float
@@ -73,6 +84,16 @@ class SearchSummary(Mapping[str, Any]):
         """The frontier entry of the best objective (None: no candidate within the budget)."""
         frontier = self.frontier
         return min(frontier, key=lambda entry: entry.value) if frontier else None
+
+    @property
+    def baselines(self) -> list[Baseline]:
+        return [Baseline(entry["name"], entry["preset"], entry["weight_bytes"], entry["value"], entry["within_budget"])
+                for entry in self.record.get("baselines", ())]
+
+    def best_within(self, weight_bytes: int) -> FrontierEntry | None:
+        """The frontier's best objective at no more than `weight_bytes` (None: none that small)."""
+        fitting = [entry for entry in self.frontier if entry.weight_bytes <= weight_bytes]
+        return min(fitting, key=lambda entry: entry.value) if fitting else None
 
     @property
     def timing(self) -> SearchTiming:

@@ -100,7 +100,7 @@ def _check_formats(config: SliceConfig, facts: ArchFacts, source: str) -> list[P
     layer's FFN format where the family cuts a FFN tensor along its rows' blocks (Gemma 3n's
     down projection, whose rows are the FFN width)."""
     formats = config.weight_formats
-    if formats is None:
+    if formats is None or formats.preset is not None:  # a preset falls back where rows are off its blocks
         return []
     skipped = set(config.layers_skipped)
     kept = [layer for layer in range(facts.num_layers) if layer not in skipped]

@@ -12,7 +12,12 @@ The YAML form (format names: `matlab.formats.FORMATS`; the per-tensor rules: `ma
         - q4_0                     # attention and FFN both
 
 `layers` may instead map base layer indexes to entries (`{3: {ffn: q4_0}}`), overriding
-`default` in those layers only; `weight_formats: q8_0` alone means `{default: q8_0}`. The
+`default` in those layers only; `weight_formats: q8_0` alone means `{default: q8_0}`.
+
+A llama.cpp file type instead (`weight_formats: q4_k_m`, or `{preset: q4_k_m}`; `{preset: q6_k}`
+and `{preset: q8_0}` where the name is also a tensor format) means the types `llama-quantize
+--ftype` picks for each tensor of the slice's file (`matlab.formats.presets`): the file people
+download. A preset is given alone. The
 groups are those a GGUF file types separately: the token embedding and the per-layer table
 (llama-quantize's --token-embedding-type, and --tensor-type for the table), and per layer the
 attention projections and the FFN; a layer's small tensors (LAuReL, per-layer input gate and
@@ -30,11 +35,15 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
 from matlab.errors import shown_value
-from matlab.formats import check_format
+from matlab.formats import FORMATS, check_format
+from matlab.formats.types import PRESET_NAMES, check_preset
 from matlab.slice_config.fields import MAX_LAYERS, collapse, expand_runs, format_validation_error, whole_number
 from matlab.util.runs import runs
 
 FormatName = Annotated[str, BeforeValidator(check_format)]  # its FormatError is a ValueError
+PresetName = Annotated[str, BeforeValidator(check_preset)]
+# Preset names that are no tensor format: `weight_formats: q4_k_m` alone means the preset.
+PRESET_ONLY = tuple(name for name in PRESET_NAMES if name not in FORMATS)
 
 
 class LayerFormats(BaseModel):
@@ -49,7 +58,8 @@ class WeightFormats(BaseModel):
     """GGUF formats of a submodel's text weights (the YAML form is in the module docstring)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    default: FormatName
+    default: FormatName | None = None  # required unless `preset`
+    preset: PresetName | None = None
     embeddings: FormatName | None = None
     per_layer_embeddings: FormatName | None = None
     # One entry per kept layer, or base layer index -> entry; None: `default` everywhere.
@@ -58,7 +68,21 @@ class WeightFormats(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_format(cls, value: Any) -> Any:
-        return {"default": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"preset": value} if value.strip().lower() in PRESET_ONLY else {"default": value}
+        return value
+
+    @model_validator(mode="after")
+    def _preset_alone(self) -> WeightFormats:
+        if self.preset is None and self.default is None:
+            raise ValueError("give `default` (a format for every tensor not named otherwise) or `preset` (a llama.cpp "
+                             "file type such as q4_k_m)")
+        given = [name for name in ("default", "embeddings", "per_layer_embeddings", "layers")
+                 if getattr(self, name) is not None]
+        if self.preset is not None and given:
+            raise ValueError(f"preset {self.preset} sets every tensor's type, and {', '.join(given)} would too; give "
+                             "the preset alone, or formats without it")
+        return self
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -74,11 +98,17 @@ class WeightFormats(BaseModel):
 
     @property
     def embeddings_format(self) -> str:
-        return self.embeddings or self.default
+        return self.embeddings or self.default or self._preset_type()
+
+    def _preset_type(self) -> str:
+        """The type a preset gives most tensors (for views that ask one format per group)."""
+        from matlab.formats.presets import PRESETS
+
+        return PRESETS[self.preset]
 
     @property
     def per_layer_embeddings_format(self) -> str:
-        return self.per_layer_embeddings or self.default
+        return self.per_layer_embeddings or self.default or self._preset_type()
 
     def for_layers(self, kept_layers: Sequence[int]) -> tuple[LayerFormats, ...]:
         """Each kept layer's attention and FFN formats with `default` filled in (validation has
@@ -89,13 +119,15 @@ class WeightFormats(BaseModel):
             entries: Sequence[LayerFormats | None] = self.layers
         else:
             entries = [(self.layers or {}).get(layer) for layer in kept_layers]
-        empty = LayerFormats()
-        return tuple(LayerFormats(attention=(entry or empty).attention or self.default,
-                                  ffn=(entry or empty).ffn or self.default) for entry in entries)
+        empty, default = LayerFormats(), self.default or (self._preset_type() if self.preset else None)
+        return tuple(LayerFormats(attention=(entry or empty).attention or default,
+                                  ffn=(entry or empty).ffn or default) for entry in entries)
 
     def summary(self) -> str:
         """The formats in a few words: the embeddings', the per-layer table's, and how many
         layers' attention and FFN take each format."""
+        if self.preset is not None:
+            return f"llama.cpp file type {self.preset}"
         counts: Counter[str] = Counter()
         entries = self.layers.values() if isinstance(self.layers, dict) else (self.layers or ())
         for entry in entries:
@@ -105,6 +137,8 @@ class WeightFormats(BaseModel):
 
     def yaml_data(self) -> dict[str, Any]:
         """The compact YAML form: runs of equal entries with `count`, a format for both groups."""
+        if self.preset is not None:
+            return {"preset": self.preset}
         data: dict[str, Any] = {"default": self.default}
         for key in ("embeddings", "per_layer_embeddings"):
             if getattr(self, key):
