@@ -106,3 +106,26 @@ def test_rows_off_the_super_block_fall_back_as_llama_cpp_does():
     assert preset_types("q6_k", tensors[:1], 1, 2, "f32") == [("q8_0", True)]
     assert preset_types("q5_k_m", tensors[:1], 1, 2, "f32") == [("q5_1", True)]
     assert set(PRESETS) >= {"q4_k_m", "q4_k_s", "q5_k_m", "q3_k_m", "q6_k", "q8_0"}
+
+
+@pytest.mark.parametrize("runtime", ["transformers", "vllm", "mlx-lm"])
+def test_a_preset_a_runtime_cannot_load_is_one_line_and_nothing_is_written(runtime_model, tmp_path, runtime):
+    from typer.testing import CliRunner
+
+    from matlab.cli import app
+
+    runner = CliRunner()
+    path = tmp_path / "k.yaml"
+    path.write_text("name: k\nffn_widths: 256\nweight_formats: q4_k_m\n")
+    out = tmp_path / "out"
+    validate = runner.invoke(app, ["validate", str(path), "--checkpoint", str(runtime_model), "--runtime", runtime])
+    sliced = runner.invoke(app, ["slice", str(runtime_model), "--config", str(path), "--out", str(out), "--text-only",
+                                 "--runtime", runtime])
+    for result in (validate, sliced):
+        assert result.exit_code != 0 and "q4_k_m" in result.stderr and runtime in result.stderr, result.output
+        assert "Traceback" not in result.output
+    assert len([line for line in sliced.stderr.splitlines() if line.strip()]) == 1, sliced.stderr
+    assert not out.exists()
+    # llama.cpp loads it: the same config validates for it.
+    loads = runner.invoke(app, ["validate", str(path), "--checkpoint", str(runtime_model), "--runtime", "llama.cpp"])
+    assert loads.exit_code == 0, loads.output

@@ -157,3 +157,49 @@ def _score(checkpoint: str, directory: Path, facts: ArchFacts, chosen: dict[str,
             **{f"{task}:{metric}": float(value) for task, metric, value in zip(rows["task"], rows["metric"],
                                                                                rows["value"])}}
     return scored
+
+
+def bench_presets_search(checkpoint: str, presets: tuple[str, ...], formats: tuple[str, ...],
+                         k_formats: tuple[str, ...], suite: Path, work_dir: Path, max_evals: int = 120,
+                         seed: int = 0, window: int = 128, calibration_tokens: int = 1024, limit: int | None = None,
+                         progress: Progress = NO_PROGRESS) -> dict:
+    """The file a user downloads (the full model at each preset) against the formats search at
+    its bytes, with the K-quants among the formats and without (`matformer bench presets`).
+
+    Each preset's budget is the tensor bytes of the full model's file at that preset; both
+    searches run with the same evaluations, calibration and seed; every config is scored on the
+    suite at its formats (a preset at llama-quantize's per-tensor types)."""
+    directory = resolve_checkpoint(checkpoint)
+    facts = facts_from_checkpoint(directory)
+    full = SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths))
+    common = dict(max_evals=max_evals, seed=seed, window=window, calibration_tokens=calibration_tokens)
+    loaded = load_model(directory)
+    texts, source = calibration_texts(SearchSettings(checkpoint, work_dir, **common))
+    calibration = make_calibration(loaded.tokenizer, texts, source, window, calibration_tokens)
+    reference = reference_distributions(loaded.model, calibration, 256)
+
+    def objective(config: SliceConfig) -> float:
+        plan = SlicePlan.build(config, loaded.facts, config.name)
+        weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+            if config.weight_formats else None
+        return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
+
+    result: dict = {"checkpoint": checkpoint, "formats": list(formats), "k_formats": list(k_formats),
+                    "max_evals": max_evals, "seed": seed, "budgets": {}, "searches": {}}
+    for preset in presets:
+        downloaded = full.model_copy(update={"name": f"full-{preset}", "weight_formats": WeightFormats(preset=preset)})
+        budget = _file_bytes(directory, downloaded)
+        chosen = {f"full-at-{preset}": downloaded}
+        for name, searched in (("search-without-k", formats), ("search-with-k", k_formats)):
+            out = work_dir / "searches" / f"{preset}-{name}"
+            summary = run_search(SearchSettings(checkpoint, out, max_bytes=budget, formats=searched, **common),
+                                 progress=progress).summary
+            result["searches"][f"{preset}-{name}"] = {
+                "candidates_per_minute": summary["timing"]["candidates_per_minute"],
+                "evaluated": summary["evaluated"], "quantize_seconds": summary["timing"].get("quantize_seconds"),
+                "best_value": summary["best"]["value"] if summary["best"] else None}
+            if (best := _best(out)) is not None:
+                chosen[name] = load_slice_config(out / best["file"]).model_copy(update={"name": name})
+        result["budgets"][preset] = _score(checkpoint, directory, facts, chosen, budget, objective, suite,
+                                           work_dir / "suite" / preset, limit, progress)
+    return result

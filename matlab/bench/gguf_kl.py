@@ -3,10 +3,11 @@ against the KL of llama.cpp running the GGUF file `matformer export` writes for 
 
 Both are the mean per-token KL divergence of the slice's next-token distribution from the
 full, unquantized model's (transformers, float32), on the same tokens and over the whole
-vocabulary: ours from the elastic submodel whose weights went through gguf's reference
-quantizers (`matlab.formats.cache`), llama.cpp's from its own log-probs. They differ where
+vocabulary: ours from the elastic submodel whose weights went through llama.cpp's own
+quantizer code (`matlab.formats.cache`), llama.cpp's from its own log-probs. They differ where
 llama.cpp computes differently from a float32 model on the same weights: it quantizes the
-activations it multiplies with Q8_0/Q4_0 weights to 8 bits, and its sparsity std divides by
+activations it multiplies with quantized weights to 8 bits (Q8_0 blocks, Q8_K super-blocks for
+the K-quants), and its sparsity std divides by
 n-1 (`reports/runtimes.md`). The bench (`matformer bench formats-kl`) measures by how much.
 """
 

@@ -3,7 +3,9 @@ shipped GGUF file holds it, dequantized from the packed blocks a `matlab.formats
 keeps when its module runs, and dropped after it ran (`LazyWeight`); a table read by token rows
 (Gemma 3n's per-layer embeddings) is a module that dequantizes the rows it is asked for
 (`FormattedRows`). So a submodel at its formats holds no float copy of its weights between
-forward passes, and one module's weights during one.
+forward passes, and one module's weights during one, except those a search asked the cache to
+keep for the next candidates (`FormatCache.keep_dequantized`; each new plan's weights mark a
+new candidate for it).
 
 Measured on a CPU (reports/benchmarks.md): dequantizing a module's weights as it runs costs about
 as much as dequantizing the candidate's weights once before its forward pass and keeps memory at
@@ -83,6 +85,7 @@ def formatted_weights(cache: FormatCache, plan: SlicePlan, dtype: torch.dtype,
     is built on the loaded model's (text-only) facts; `dtype` and `device` are the run's."""
     if plan.config.weight_formats is None:
         return None
+    cache.next_candidate()
     inventory = {name: StoredTensor(tuple(parameter.shape), str(parameter.dtype))
                  for name, parameter in cache.parameters.items()}
     formats = {tensor.name: tensor for tensor in tensor_formats(plan, inventory)}

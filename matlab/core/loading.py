@@ -76,25 +76,44 @@ def keep_on_cpu(module: torch.nn.Module, device: torch.device) -> None:
     module.register_forward_hook(lambda _, args, output: output.to(device, non_blocking=True))
 
 
+# Bytes read through one memory map before it is closed, when tensors are copied out of it.
+COPY_BATCH_BYTES = 1 << 30
+
+
 def _read_text_tensors(files: CheckpointFiles, facts: ArchFacts, wanted: set[str],
-                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                       dtype: torch.dtype, mapped: bool = True) -> dict[str, torch.Tensor]:
     """Text tensors by their `gemma3n_text` names. On the CPU, safetensors returns tensors
-    backed by the file's memory map when no dtype conversion is needed."""
+    backed by the file's memory map when no dtype conversion is needed. With `mapped` False,
+    every tensor but the tables read by rows is copied into the process's own memory, through
+    maps closed every COPY_BATCH_BYTES: freeing one of them then frees its memory (a mapped
+    tensor's pages stay resident, and counted, while any tensor of its map lives)."""
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, TensorInfo]]] = {}
     for name, info in files.tensors.items():
         target = facts.family.text_only_name(name, facts.is_multimodal)  # None: audio and vision, never read
         if target in wanted:
             by_file.setdefault(info.file, []).append((target, info))
+    kept_mapped = {facts.family.text_prefix + facts.family.ple_table}
     for path, entries in by_file.items():  # one shard open at a time
+        copied = [] if mapped else [entry for entry in entries if entry[0] not in kept_mapped]
         with safe_open(path, framework="pt") as handle:
             for target, info in entries:
-                state[target] = handle.get_tensor(info.name).to(dtype)
+                if (target, info) not in copied:
+                    state[target] = handle.get_tensor(info.name).to(dtype)
+        while copied:
+            batch, size = [], 0
+            while copied and (not batch or size + copied[0][1].nbytes <= COPY_BATCH_BYTES):
+                batch.append(copied.pop(0))
+                size += batch[-1][1].nbytes
+            with safe_open(path, framework="pt") as handle:
+                for target, info in batch:
+                    tensor = handle.get_tensor(info.name)
+                    state[target] = tensor.to(dtype, copy=True) if tensor.dtype == dtype else tensor.to(dtype)
     return state
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32",
-               ple_on_cpu: bool = False, adapter: str | Path | None = None) -> LoadedModel:
+               ple_on_cpu: bool = False, adapter: str | Path | None = None, mapped: bool = True) -> LoadedModel:
     """Load the language model of a checkpoint for text inference.
 
     Args:
@@ -102,12 +121,14 @@ def load_model(checkpoint: str | Path, device: str = "cpu", dtype: str | torch.d
             the dtype matches it) with the lookup done per batch, while the rest runs on `device`.
         adapter: a PEFT LoRA adapter trained on the checkpoint, merged into the weights (so every
             elastic submodel of the result is the slice of the fine-tuned model).
+        mapped: False to copy the weights out of the files' memory maps (all but the per-layer
+            table), for a run that frees weights as it goes (a formats search).
     """
     directory, facts, run_dtype, model = _unloaded(checkpoint, dtype, None if ple_on_cpu else str(device))
     files = CheckpointFiles(directory)
     tied = {f"{facts.family.head_prefix}weight"} if model.config.tie_word_embeddings else set()
     wanted = set(model.state_dict()) - tied
-    state = _read_text_tensors(files, facts, wanted, run_dtype)
+    state = _read_text_tensors(files, facts, wanted, run_dtype, mapped)
     missing = sorted(wanted - set(state))
     if missing:
         raise CheckpointError(f"{directory}: missing text tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")

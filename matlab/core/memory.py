@@ -20,8 +20,6 @@ from matlab.errors import InputError
 _FLOAT32 = 4
 AUTO = "auto"  # the run dtype a command picks: float32 where it fits, else bfloat16
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-AUTO = "auto"  # the run dtype a command picks: float32 where it fits, else bfloat16
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def available_memory(device: str = "cpu") -> int:

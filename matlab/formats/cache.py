@@ -27,6 +27,15 @@ The token embedding is quantized whole: it is also the tied output layer.
 Memory, measured (reports/benchmarks.md): the packed bytes of each format in use, plus, where
 the originals are released (`release_originals`, a search over formats alone), no float copy of
 the weights at all beyond the one module running.
+
+Dequantizing is then the price of a candidate (on E4B on 2 cores, about 6 s of a 14.5 s
+candidate). A search that has memory left gives it to `keep_dequantized(bytes)`: dequantized
+weights are kept up to that many bytes and reused by the next candidates that hold the same
+weight at the same format and width. Its rule suits a search, whose candidates run the layers in
+the same order and mostly differ from the last one in a few places: a weight is kept when there
+is room; at each new candidate (`next_candidate`) the kept weights the last candidate did not use
+are dropped. (LRU would keep nothing useful: a forward pass reads more weights than fit, in a
+cycle, so the least recently used is always the next one needed.)
 """
 
 from __future__ import annotations
@@ -74,6 +83,12 @@ class FormatCache:
         self._rows: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (sorted ids, their packed rows)
         self._cut: dict[tuple[str, str, Ranges, Ranges], np.ndarray] = {}
         self._released: set[str] = set()
+        # Dequantized weights kept for the next candidates (`keep_dequantized`): key -> (tensor, candidate last used).
+        self._kept: dict[tuple, tuple[torch.Tensor, int]] = {}
+        self._kept_budget = 0
+        self._kept_bytes = 0
+        self._candidate = 0
+        self.reuse = Counter()  # "hit" / "miss" of the kept weights
         self.seconds: Counter[str] = Counter()  # quantizing, per format, summed over threads
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set when `prepare` is interrupted: its threads stop at a chunk
@@ -191,13 +206,48 @@ class FormatCache:
         bounds = [bound for start, stop in (spec.cols or ()) for bound in (start, stop)]
         return self.parameters[name].shape[-1] % block != 0 or any(bound % block for bound in bounds)
 
+    def keep_dequantized(self, budget: int) -> None:
+        """Keep up to `budget` bytes of dequantized weights for the candidates to come (0: none)."""
+        self._kept_budget = max(0, int(budget))
+        if not self._kept_budget:
+            self._kept.clear()
+            self._kept_bytes = 0
+
+    def next_candidate(self) -> None:
+        """A new candidate starts: drop the kept weights the one before it did not use."""
+        stale = [key for key, (_, used) in self._kept.items() if used < self._candidate]
+        for key in stale:
+            tensor, _ = self._kept.pop(key)
+            self._kept_bytes -= tensor.numel() * tensor.element_size()
+        self._candidate += 1
+
     def weight(self, name: str, spec: Cut, fmt: str, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> torch.Tensor:
         """The kept rows and columns (`spec`) of tensor `name` as `fmt` holds them, dequantized now
-        (run dtype and device unless given): from the packed tensor where the cut keeps whole
-        blocks, else from the cut's own packing."""
+        (run dtype and device unless given), or kept from an earlier candidate (`keep_dequantized`).
+        Callers must not write into it."""
         parameter = self.parameters[name]
-        dtype, device = dtype or parameter.dtype, device or parameter.device
+        dtype, device = dtype or parameter.dtype, torch.device(device or parameter.device)
+        if not self._kept_budget:
+            return self._dequantized(name, spec, fmt, dtype, device)
+        key = (name, fmt, spec.rows or (), spec.cols or (), dtype, device)
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept[key] = (found[0], self._candidate)
+                self.reuse["hit"] += 1
+                return found[0]
+        values = self._dequantized(name, spec, fmt, dtype, device)
+        size = values.numel() * values.element_size()
+        with self._lock:
+            self.reuse["miss"] += 1
+            if self._kept_bytes + size <= self._kept_budget:
+                self._kept[key] = (values, self._candidate)
+                self._kept_bytes += size
+        return values
+
+    def _dequantized(self, name: str, spec: Cut, fmt: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        parameter = self.parameters[name]
         if self._splits(name, spec, fmt):
             key = (name, fmt, spec.rows or (), spec.cols or ())
             if key not in self._cut:

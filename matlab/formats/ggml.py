@@ -4,14 +4,21 @@ Why this and not the `gguf` package alone: gguf's numpy quantizers exist for the
 block types only (the K-quants it can dequantize, not quantize), and they run at 45-68 s a
 format for E4B's text weights on 2 cores. ggml's `ggml_quantize_chunk` is the function
 llama-quantize calls; with no importance matrix it runs each type's `quantize_row_*_ref`, so its
-bytes are llama.cpp's by construction (tested against llama.cpp itself where its environment is
-installed, `tests/test_formats_ggml.py`). The library comes prebuilt in the `libggml-python`
-wheel (Linux x86_64 and aarch64, macOS arm64): nothing to compile. `ggml-python`, the maintained
-Python binding, is an sdist that compiles ggml on install (measured in reports/benchmarks.md),
-and binds the same function; a numpy or torch port of the K-quant reference code was measured
-10x slower than this C on one core (reports/benchmarks.md). On x86-64 the reference functions
-contain no fused multiply-adds, so the bytes do not depend on the CPU; on aarch64 both this
-build and llama.cpp's let the compiler contract, which was not measured here.
+bytes are llama.cpp's by construction (compared with llama.cpp itself where its environment is
+installed: tests/test_kquants.py and tests/test_runtimes_real.py). The library comes prebuilt in
+the `libggml-python` wheel (Linux x86_64 and aarch64, macOS arm64): nothing to compile.
+`ggml-python`, the Python binding, binds the same function but is an sdist that compiles ggml
+on install; the prebuilt wheel makes that compile unnecessary, so it was not measured.
+
+Why not a port of our own in torch: the reference K-quant search is the cost (q4_k's
+`make_qkx2_quants` tries 21 scales per 32-element sub-block, about 200 flops an element), so a
+vectorized port on these 2 cores would at best match the C (q4_k: 200 s for E4B's text weights,
+reports/benchmarks.md), and it would need proving byte-identical on every CPU; only a GPU would
+gain, and a GPU run was not available to measure it. An AVX2 build of the same C (llama.cpp's
+own libggml-base) was measured 1.76x faster on q4_k with identical bytes; the wheel's portable
+build is what users get. On x86-64 the reference functions contain no fused multiply-adds, so
+the bytes do not depend on the CPU; on aarch64 both this build and llama.cpp's let the compiler
+contract, which was not measured here.
 
 Calls release the GIL (ctypes), so rows are quantized on threads: `quantize(..., threads=N)`.
 """
@@ -92,25 +99,35 @@ def quantize(values: np.ndarray, format: str, threads: int | None = None) -> np.
         lib.ggml_quantize_chunk(type_id, rows[start:stop].ctypes.data, stored[start:stop].ctypes.data, 0,
                                 stop - start, length, None)
 
-    starts = range(0, count, step)
-    workers = threads or os.cpu_count() or 1
-    if workers == 1 or len(starts) == 1:
+    _run(chunk, range(0, count, step), threads)
+    return stored.reshape(*values.shape[:-1], row_bytes)
+
+
+def dequantize(stored: np.ndarray, format: str, threads: int | None = None) -> np.ndarray:
+    """The float32 values of `stored` rows of `format` (ggml's own dequantizer), on threads."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    function = getattr(library(), _DEQUANTIZERS[format])
+    elements, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[format.upper()]]
+    rows = np.ascontiguousarray(stored, dtype=np.uint8).reshape(-1, stored.shape[-1] if stored.ndim else 1)
+    length = rows.shape[-1] // nbytes * elements
+    values = np.empty((len(rows), length), dtype=np.float32)
+    step = max(1, CHUNK_ELEMENTS // max(length, 1))
+
+    def chunk(start: int) -> None:
+        stop = min(len(rows), start + step)
+        function(rows[start:stop].ctypes.data, values[start:stop].ctypes.data, (stop - start) * length)
+
+    _run(chunk, range(0, len(rows), step), threads)
+    return values.reshape(*stored.shape[:-1], length)
+
+
+def _run(chunk, starts: range, threads: int | None) -> None:
+    """`chunk(start)` for each start, on `threads` threads (default: one per core)."""
+    workers = min(threads or os.cpu_count() or 1, len(starts))
+    if workers <= 1:
         for start in starts:
             chunk(start)
     else:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(chunk, starts))
-    return stored.reshape(*values.shape[:-1], row_bytes)
-
-
-def dequantize(stored: np.ndarray, format: str) -> np.ndarray:
-    """The float32 values of `stored` rows of `format` (ggml's own dequantizer)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    function = getattr(library(), _DEQUANTIZERS[format])
-    elements, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[format.upper()]]
-    rows = np.ascontiguousarray(stored, dtype=np.uint8)
-    length = rows.shape[-1] // nbytes * elements
-    values = np.empty((*rows.shape[:-1], length), dtype=np.float32)
-    function(rows.ctypes.data, values.ctypes.data, values.size)
-    return values
