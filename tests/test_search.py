@@ -75,8 +75,10 @@ def test_every_candidate_is_journaled_once_with_its_cost(searched):
     records = [json.loads(line) for line in (searched.directory / "candidates.jsonl").read_text().splitlines()]
     assert len(records) == searched.summary["evaluated"] == 60
     assert len({record["submodel_id"] for record in records}) == len(records)
-    assert {record["phase"] for record in records} == {"sensitivity", "path", "evolution"}
-    assert records[0]["layers_skipped"] == [] and records[0]["value"] == pytest.approx(0.0, abs=1e-6)  # the full model
+    assert {record["phase"] for record in records} == {"start", "sensitivity", "path", "evolution"}
+    assert records[0]["phase"] == "start" and records[0]["effective_params"] <= BUDGET  # inside the budget first
+    full = records[1]
+    assert full["layers_skipped"] == [] and full["value"] == pytest.approx(0.0, abs=1e-6)  # then the full model
     summary = json.loads((searched.directory / "search.json").read_text())
     assert summary["status"] == "complete" and summary["identity"]["seed"] == 0
     assert summary["best"]["value"] == min(entry["value"] for entry in summary["frontier"])
@@ -162,7 +164,7 @@ def test_confirm_writes_a_sweep_keyed_like_the_search(tmp_path):
     html = (tmp_path / "overlay" / "index.html").read_text()
     found = [entry["name"] for entry in summary["frontier"]]
     assert html.count("&#9733; found-") == len(found) and "Stars: configs found by `matformer search`" in html
-    assert "transformers, mlx-lm (expected, not measured: ollama)" in html  # nano-E2B's runtimes
+    assert "transformers, vllm, mlx-lm (expected, not measured: ollama)" in html  # nano-E2B's runtimes
     missing = runner.invoke(app, ["report", str(tmp_path / "hand"), "--out", str(tmp_path / "x"), "--search",
                                   str(tmp_path)])
     assert missing.exit_code == 1 and "no search.json" in missing.stderr and not (tmp_path / "x").exists()

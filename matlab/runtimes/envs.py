@@ -69,6 +69,11 @@ def install_runtime(runtime: str, log: Callable[[str], None]) -> Path:
     record = RUNTIMES[runtime]
     spec, directory = record.environment, env_directory(runtime)
     if (directory / INSTALLED).is_file():
+        if spec.plugin and not _has_plugin(directory / "venv" / "bin" / "python"):  # installed before the plugin was
+            run_step([str(directory / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+                      *this_package()], directory, log)
+            log(f"{runtime}: this package's plugin installed in {directory}")
+            return directory
         log(f"{runtime}: already installed in {directory}")
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,8 @@ def install_runtime(runtime: str, log: Callable[[str], None]) -> Path:
         run_step([*pip, record.requirement, *spec.requirements], directory, log)
     if spec.remove:
         run_step([str(python), "-m", "pip", "uninstall", "--quiet", "-y", *spec.remove], directory, log)
+    if spec.plugin:
+        run_step([*pip, "--no-deps", *this_package()], directory, log)
     versions = json.loads(subprocess.run(
         [str(python), "-c", "import importlib.metadata as m, json; "
          "print(json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))"],
@@ -92,6 +99,24 @@ def install_runtime(runtime: str, log: Callable[[str], None]) -> Path:
                                                    "versions": versions}, indent=1) + "\n", encoding="utf-8")
     log(f"{runtime}: installed in {directory}")
     return directory
+
+
+def _has_plugin(python: Path) -> bool:
+    """Whether the environment of `python` has this package installed (its entry points with it)."""
+    found = subprocess.run([str(python), "-c", "import importlib.metadata as m; m.distribution('matformer-lab')"],
+                           capture_output=True, cwd=python.parent)  # not where a source tree's metadata lies
+    return found.returncode == 0
+
+
+def this_package() -> list[str]:
+    """pip's arguments for this package: the source tree it runs from (editable, so the runtime
+    sees the same code), else the released version."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "matlab" / "__init__.py").is_file():
+        return ["-e", str(root)]
+    from matlab import __version__
+
+    return [f"matformer-lab=={__version__}"]
 
 
 def run_step(command: list[str], directory: Path, log: Callable[[str], None],

@@ -60,7 +60,10 @@ def consumer_kv_fills(layout: Layout, plan: SlicePlan, text_only: bool, present:
 def layout_config(plan: SlicePlan, text_only: bool, layout: Layout) -> dict[str, Any]:
     """The config.json the layout holds for this slice."""
     if not layout.multimodal_text:
-        return plan.sliced_config(text_only, scalar_width=layout.scalar_width)
+        config = plan.sliced_config(text_only, scalar_width=layout.scalar_width)
+        if layout.text_architecture and (text_only or not plan.facts.is_multimodal):
+            config["architectures"] = [layout.text_architecture]
+        return config
     text_config = plan.sliced_text_config()
     if layout.legacy_rope_keys:
         text_config = with_legacy_rope_keys(text_config)

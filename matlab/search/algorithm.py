@@ -1,5 +1,8 @@
 """The search algorithm: sensitivity-seeded NSGA-II over the space's genes.
 
+0. Start: a point within the budget, found by cost alone (`matlab.search.evopress.start_points`:
+   a uniform walk down, else a random one), is evaluated first, so that a search cut short
+   still returns a frontier.
 1. Sensitivities: the full model and every single move away from it (skip one group, or
    narrow one width gene by one step) are evaluated: ~2 per layer.
 2. Greedy path: assuming the moves' effects add up, moves are applied cheapest loss per
@@ -18,9 +21,11 @@ deterministic sequence from its journal.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from matlab.search.evopress import Levels, run_evopress, start_points
 from matlab.search.space import Budget, Candidate, SearchSpace
 
 INFEASIBLE = 1e9  # the objective told to optuna for a candidate that is never evaluated
@@ -33,17 +38,26 @@ class EvaluationsExhausted(Exception):
 
 @dataclass
 class Evaluator:
-    """Objective values by submodel identity; counts distinct candidates up to `max_evals`."""
+    """Objective values by submodel identity; counts distinct candidates up to `max_evals`.
+
+    A strategy may also screen candidates on some of the calibration windows (`screen`, for
+    EvoPress's multi-step selection): each screening costs its share of the windows of a full
+    evaluation against `max_evals`, so strategies compare at equal compute."""
 
     measure: Callable[[list[Candidate], str], list[float]]  # (candidates, phase) -> objectives, uncached
     max_evals: int
+    # (candidates, windows) -> objectives on those calibration windows only; None: no screening
+    screen_measure: Callable[[list[Candidate], tuple[int, ...]], list[float]] | None = None
+    windows: int = 1  # calibration windows a full evaluation reads
 
     def __post_init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.screened: dict[tuple[str, tuple[int, ...]], float] = {}
+        self.screen_spent = 0.0  # screenings, in full evaluations' worth of windows
 
     @property
     def remaining(self) -> int:
-        return self.max_evals - len(self.values)
+        return int(self.max_evals - len(self.values) - self.screen_spent + 1e-9)
 
     def many(self, candidates: list[Candidate], phase: str) -> list[float]:
         """Objectives of `candidates`, in order: the new distinct ones are measured as one batch,
@@ -58,6 +72,24 @@ class Evaluator:
         if len(batch) < len(new):
             raise EvaluationsExhausted
         return [self.values[candidate.submodel_id] for candidate in candidates]
+
+    def screen(self, candidates: list[Candidate], windows: tuple[int, ...], phase: str) -> list[float]:
+        """Objectives of `candidates` on calibration `windows` only (all of them: a full evaluation)."""
+        if self.screen_measure is None or len(windows) >= self.windows:
+            return self.many(candidates, phase)
+        share = len(windows) / self.windows
+        new: dict[str, Candidate] = {}
+        for candidate in candidates:
+            if (candidate.submodel_id, windows) not in self.screened:
+                new.setdefault(candidate.submodel_id, candidate)
+        affordable = int((self.max_evals - len(self.values) - self.screen_spent) / share + 1e-9)
+        batch = list(new.values())[:max(affordable, 0)]
+        for candidate, value in zip(batch, self.screen_measure(batch, windows) if batch else []):
+            self.screened[(candidate.submodel_id, windows)] = value
+        self.screen_spent += share * len(batch)
+        if len(batch) < len(new):
+            raise EvaluationsExhausted
+        return [self.screened[(candidate.submodel_id, windows)] for candidate in candidates]
 
     def __call__(self, candidate: Candidate, phase: str) -> float:
         return self.many([candidate], phase)[0]
@@ -104,7 +136,7 @@ def greedy_path(space: SearchSpace, budget: Budget, effects: dict[tuple[str, obj
     return points
 
 
-STRATEGIES = ("seeded-nsga2", "nsga2", "greedy", "random")
+STRATEGIES = ("seeded-nsga2", "evopress", "nsga2", "greedy", "random")
 
 
 def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int,
@@ -114,14 +146,23 @@ def run_algorithm(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed:
     Strategies (all but the first kept for the benchmark that justifies it): `seeded-nsga2`
     (the default, above); `nsga2` (NSGA-II from a random first generation); `greedy` (from the
     full model, re-measure every one-step move and take the cheapest loss per cost saved,
-    until nothing is left to take); `random` (uniformly random genes)."""
+    until nothing is left to take); `random` (uniformly random genes); `evopress` (EvoPress,
+    `matlab.search.evopress`)."""
     try:
+        if strategy == "evopress":
+            run_evopress(space, budget, evaluate, seed)
+            return
+        # Every strategy first evaluates a point within the budget, found by cost alone, so that
+        # a search cut short (a tight budget, few evaluations) still has a frontier.
+        starts = start_points(Levels(space, budget), random.Random(seed))[:1]
+        if starts:
+            evaluate.many([space.decode(starts[0])], "start")
         if strategy == "greedy":
             _greedy_descent(space, budget, evaluate)
         elif strategy == "random":
             _random_search(space, budget, evaluate, seed)
         else:
-            seeds = _sensitivity_seeds(space, budget, evaluate) if strategy == "seeded-nsga2" else []
+            seeds = _sensitivity_seeds(space, budget, evaluate) + starts if strategy == "seeded-nsga2" else starts
             _nsga2(space, budget, evaluate, seed, seeds, population)
     except EvaluationsExhausted:
         return
@@ -207,8 +248,6 @@ def _greedy_descent(space: SearchSpace, budget: Budget, evaluate: Evaluator) -> 
 
 
 def _random_search(space: SearchSpace, budget: Budget, evaluate: Evaluator, seed: int, batch: int = 16) -> None:
-    import random
-
     generator = random.Random(seed)
     for _ in range(20 * evaluate.max_evals // batch + 1):
         candidates = [space.decode({gene: generator.choice(space.choices(gene)) for gene in space.gene_names})

@@ -19,9 +19,12 @@ from matlab.core.calibration import (
     read_calibration,
     reference_distributions,
     texts_digest,
+    window_count,
+    window_subset,
 )
 from matlab.core.formatted import formatted_weights
 from matlab.core.loading import load_model, load_shapes, load_tokenizer
+from matlab.core.memory import available_memory
 from matlab.core.submodel import format_cache
 from matlab.distributed.pool import PoolSettings, WorkerPool
 from matlab.errors import InputError
@@ -75,6 +78,7 @@ class SearchSettings:
     # before the search: the files a user would otherwise download, on the same axes as the frontier.
     baselines: tuple[str, ...] = ()
     baseline_configs: tuple[Path, ...] = ()
+    skips: bool = True  # False: widths and formats only, every layer kept
 
 
 _NOT_IDENTITY = ("out", "max_evals", "confirm_suite", "confirm_limit", "pool", "baselines", "baseline_configs")
@@ -172,7 +176,8 @@ def _search_locked(settings: SearchSettings, directory: Path, facts, progress: P
     # What makes two searches the same search: everything but where it writes, how far it goes
     # and what confirms it afterwards; the checkpoint by content, the calibration by the text it used.
     # (`format_genes` only with formats: a search without them, of any version, is the same search.)
-    not_identity = _NOT_IDENTITY + (() if settings.formats else ("format_genes",)) + ("adapter",)
+    not_identity = _NOT_IDENTITY + (() if settings.formats else ("format_genes",)) + ("adapter",) + \
+        (("skips",) if settings.skips else ())
     identity = {**{key: value for key, value in arguments.items() if key not in not_identity},
                 "checkpoint": checkpoint_identity(directory), "calibration": calibration_source,
                 "calibration_sha256": calibration.texts_sha256,
@@ -244,13 +249,25 @@ def candidate_on_worker(state: dict, config) -> tuple[float, float, float]:
     return measure_candidate(loaded.model, plan, state["search"]["calibration"], state["search"]["reference"], weights)
 
 
+def screening_on_worker(state: dict, payload: tuple) -> tuple[float, float, float]:
+    """A candidate on some calibration windows only (EvoPress's early selection stages)."""
+    config, windows = payload
+    loaded = state["loaded"]
+    plan = SlicePlan.build(config, loaded.facts, config.name)
+    weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+        if config.weight_formats else None
+    calibration, reference = window_subset(state["search"]["calibration"], state["search"]["reference"], windows)
+    return measure_candidate(loaded.model, plan, calibration, reference, weights)
+
+
 def _search(settings: SearchSettings, directory: Path, facts, calibration: Calibration, identity: dict,
             arguments: dict, budget: Budget, pool, progress: Progress) -> SearchResult:
     # With workers, this process needs the model's shapes only (costs); the workers run it.
     loaded = load_shapes(directory, settings.dtype) if pool else \
-        load_model(directory, device=settings.device, dtype=settings.dtype, adapter=settings.adapter)
+        load_model(directory, device=settings.device, dtype=settings.dtype, adapter=settings.adapter,
+                   mapped=not settings.formats)  # the formats search frees the weights it packs
     space = SearchSpace(facts, inventory_from_checkpoint(directory), loaded, settings.widths, settings.runtime,
-                        settings.formats, settings.format_genes)
+                        settings.formats, settings.format_genes, settings.skips)
     if settings.runtime:
         space.check_runtime_can_load_base()
     smallest = space.smallest()
@@ -277,8 +294,12 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
         extra = {tensor.format for _, candidate in baselines for tensor in stored_formats(loaded, space, candidate)}
         packed = tuple(dict.fromkeys([*space.formats, *sorted(extra - set(space.formats) - set(FLOAT_FORMATS))]))
         quantize_seconds = format_cache(loaded).prepare(packed, progress, release=releasable(loaded, packed))
+        # Dequantized weights kept for the next candidates in half the memory left (the other half
+        # for the forward passes and the rest of the machine): measured 1.6x more candidates a
+        # minute on E4B on 2 cores (reports/benchmarks.md).
+        format_cache(loaded).keep_dequantized(available_memory(settings.device) // 2)
     progress.start(settings.max_evals + len(baselines), description="search")
-    timing = {"new": 0, "build": 0.0, "evaluate": 0.0, "wall": 0.0}
+    timing = {"new": 0, "build": 0.0, "evaluate": 0.0, "wall": 0.0, "screened": 0, "screen_seconds": 0.0}
     best: list[float] = []
 
     def measure(candidates: list[Candidate], phase: str) -> list[float]:
@@ -320,7 +341,26 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
             progress.describe(f"search: best {settings.objective} under budget {best[0]:.4g}")
         return values
 
-    evaluator = Evaluator(measure, settings.max_evals + len(baselines))
+    def screen(candidates: list[Candidate], windows: tuple[int, ...]) -> list[float]:
+        # Not journaled: a resumed search screens again (the same values: same candidates, same windows).
+        batch_started = time.perf_counter()
+        if pool:
+            results = pool.map(screening_on_worker, [(candidate.config(), windows) for candidate in candidates])
+        else:
+            part, part_reference = window_subset(calibration, reference, windows)
+            results = []
+            for candidate in candidates:
+                plan = space.text_plan(candidate.config())
+                weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+                    if candidate.weight_formats else None
+                results.append(measure_candidate(loaded.model, plan, part, part_reference, weights))
+        timing["wall"] += time.perf_counter() - batch_started
+        timing["screened"] += len(candidates)
+        timing["screen_seconds"] += sum(build + seconds for _, build, seconds in results)
+        progress.advance(len(candidates) * len(windows) / window_count(calibration))
+        return [value for value, _, _ in results]
+
+    evaluator = Evaluator(measure, settings.max_evals + len(baselines), screen, window_count(calibration))
     baseline_values = evaluator.many([candidate for _, candidate in baselines], "baseline") if baselines else []
     run_algorithm(space, budget, evaluator, settings.seed, settings.strategy)
     measured_baselines = [{"name": name, "preset": candidate.weight_formats.preset,
@@ -330,6 +370,9 @@ def _search(settings: SearchSettings, directory: Path, facts, calibration: Calib
                             "within_budget": budget.excess(candidate) <= 0}
                            for (name, candidate), value in zip(baselines, baseline_values)]
     timing["quantize_seconds"] = quantize_seconds
+    if quantize_seconds:
+        reuse = format_cache(loaded).reuse
+        timing["dequantized_reused"] = round(reuse["hit"] / max(reuse["hit"] + reuse["miss"], 1), 3)
     summary = _finish(journal, space, budget, settings, calibration, reference_seconds, timing, evaluator,
                       time.perf_counter() - started, measured_baselines)
     return SearchResult(settings.out, summary, journal.warnings + space.runtime_warnings() + space.width_warnings())
@@ -381,9 +424,14 @@ def _finish(journal: Journal, space: SearchSpace, budget: Budget, settings: Sear
                    # Serially, per second spent building and evaluating; on workers, per second
                    # of the driver's wall clock while they worked (all workers together).
                    "candidates_per_minute": round(60 * timing["new"] / max(
-                       timing["wall"] if settings.pool else timing["build"] + timing["evaluate"], 1e-9), 1),
+                       timing["wall"] if settings.pool else
+                       timing["build"] + timing["evaluate"] + timing["screen_seconds"], 1e-9), 1),
+                   # EvoPress's early selection stages: candidates run on part of the windows
+                   **({"screened": timing["screened"]} if timing["screened"] else {}),
                    "workers": settings.pool.workers if settings.pool else None,
                    "calibration_tokens": calibration.tokens,
                    # one-time: every weight quantized (and back) once per format
-                   **({"quantize_seconds": timing["quantize_seconds"]} if timing["quantize_seconds"] else {})}})
+                   **({"quantize_seconds": timing["quantize_seconds"]} if timing["quantize_seconds"] else {}),
+                   # the share of weight reads served by weights kept dequantized from earlier candidates
+                   **({"dequantized_reused": timing["dequantized_reused"]} if "dequantized_reused" in timing else {})}})
     return SearchSummary(summary)

@@ -103,7 +103,7 @@ class SearchSpace:
 
     def __init__(self, checkpoint_facts: ArchFacts, inventory: Inventory, loaded: LoadedModel,
                  widths: tuple[int, ...] | None, runtime: str | None, formats: tuple[str, ...] | None = None,
-                 format_genes: str = "group"):
+                 format_genes: str = "group", skips: bool = True):
         self.facts, self.inventory, self.loaded, self.runtime = checkpoint_facts, inventory, loaded, runtime
         base = max(checkpoint_facts.ffn_widths)
         self.widths = tuple(sorted(set(widths or checkpoint_facts.family.trained_widths(base)), reverse=True))
@@ -115,7 +115,7 @@ class SearchSpace:
             raise InputError(f"--format-genes {format_genes}: choose one of {', '.join(FORMAT_GENES)}")
         self.format_genes = format_genes
         self.uniform = runtime is not None and has_rule(runtime, "uniform-width")
-        self.skip_groups = self._skip_groups()
+        self.skip_groups = self._skip_groups() if skips else ()
         self.width_groups = ((tuple(range(checkpoint_facts.num_layers)),) if self.uniform
                              else tuple((layer,) for layer in range(checkpoint_facts.num_layers)))
         self._cache: dict[tuple, Candidate] = {}

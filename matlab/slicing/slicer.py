@@ -166,12 +166,14 @@ def slice_checkpoint(source: str | Path, config: SliceConfig, out: str | Path, *
         require_runtime(plan, runtime, config_source)
         require_layout(runtime, text_only)
     layout = runtime_layout(check_runtime(runtime) if runtime else None)
+    if layout.text_weights_only and not layout.multimodal_text:
+        text_only = True  # a layout that drops the towers and writes a text config is a text-only slice
     files = CheckpointFiles(source)
     sliced_adapter = None
     if adapter is not None:
-        if runtime not in (None, "transformers"):
+        if runtime not in (None, "transformers", "vllm"):
             raise InputError(f"--adapter with --runtime {runtime}: adapters are sliced for transformers (and "
-                             "PEFT) only; slice without --runtime, or merge the adapter first")
+                             "PEFT) and vLLM (--enable-lora) only; slice without --runtime, or merge the adapter first")
         sliced_adapter = cut_adapter(Path(adapter), files, plan, text_only=text_only)
     work = [(info, target_spec(layout, plan, spec))
             for info, spec in plan_tensors(files, plan, text_weights_only(layout, text_only))]
