@@ -113,7 +113,7 @@ def test_bench_search_compares_strategies_and_baselines(tmp_path):
     result = bench_search("nano", [budget], resolve_suite("nano"), tmp_path / "work", max_evals=45, seeds=(0,),
                           random_count=3, limit=1, window=64, calibration_tokens=256)
     numbers = result["budgets"][str(budget)]
-    assert set(numbers["strategies"]) == {"seeded-nsga2", "nsga2", "greedy", "random"}
+    assert set(numbers["strategies"]) == {"seeded-nsga2", "evopress", "nsga2", "greedy", "random"}
     assert all(run["best_value"] is None or run["feasible"] > 0 for runs in numbers["strategies"].values()
                for run in runs)
     scored = numbers["suite"]
@@ -122,3 +122,22 @@ def test_bench_search_compares_strategies_and_baselines(tmp_path):
     assert all(0.85 * budget <= scored[f"random-{i:02d}"]["effective_params"] <= budget for i in range(3))
     assert scored["search"]["effective_params"] <= budget and scored["uniform"]["effective_params"] <= budget
     assert all("nano_heldout:word_perplexity" in row for row in scored.values())
+
+
+def test_bench_search_peers_runs_both_algorithms_in_budget_and_scores_them(tmp_path):
+    """Both strategies at equal evaluations, every best within its budget, each scored on the
+    suite with its stderr; the calibration texts exist and differ."""
+    from matlab.bench.search_peers import bench_search_peers, calibration_files
+    from matlab.slice_config.bundled import resolve_suite
+
+    result = bench_search_peers(resolve_suite("nano"), tmp_path / "work", max_evals=10, seeds=(0,), window=64,
+                                calibration_tokens=256, limit=2, spaces=("depth",), calibration=False)
+    runs = result["runs"]
+    assert {(run["strategy"], run["share"]) for run in runs} == {(s, share) for s in ("seeded-nsga2", "evopress")
+                                                                 for share in (0.75, 0.6)}
+    for run in runs:
+        assert run["best_kl"] is not None and run["first_within_budget"] == 0  # every strategy starts inside
+        assert run["effective_params"] <= run["budget"] and run["layers_skipped"]
+        assert run["suite"]["nano_facts:acc"][1] is not None  # a score with its stderr
+    texts = calibration_files(tmp_path / "texts")
+    assert texts["world"] is None and texts["held-out"].read_text() != texts["unseen"].read_text()

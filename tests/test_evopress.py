@@ -126,7 +126,7 @@ def test_an_unknown_strategy_is_one_line(tmp_path):
 
     result = CliRunner().invoke(app, ["search", "nano", "--out", str(tmp_path / "s"), "--max-params", "2.2M",
                                       "--strategy", "evopres"])
-    assert result.exit_code == 2 and "--strategy evopres: choose one of seeded-nsga2, evopress" in result.stderr
+    assert result.exit_code == 2 and "--strategy evopres: choose one of evopress, seeded-nsga2" in result.stderr
     assert not (tmp_path / "s").exists()
 
 
@@ -184,3 +184,52 @@ def test_the_level_switch_mutation_on_a_toy_space_is_the_hand_worked_child():
     assert mutate(Levels(space, Budget(max_params=5)), {"skip_1": 0, "width_0": 4, "width_1": 1}, rng,
                   known=set()) is None
     assert rng.offered[:2] == [["width_1"], ["skip_1", "width_0"]]
+
+
+@pytest.mark.parametrize("strategy", ["seeded-nsga2", "evopress"])
+def test_a_tight_budget_on_e4b_shape_returns_a_frontier_in_20_evaluations(runtime_model, tmp_path, strategy):
+    """E4B's 35 layers: the one-step neighbourhood of the full model alone is over 20
+    evaluations, all outside a tight budget; the search still returns a frontier."""
+    from matlab.plan import SlicePlan
+    from matlab.plan.accounting import count_parameters
+    from matlab.slice_config import SliceConfig
+
+    facts = facts_from_checkpoint(runtime_model)
+    full = SlicePlan.build(SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths)), facts, "full")
+    budget = int(0.5 * count_parameters(inventory_from_checkpoint(runtime_model), facts, full,
+                                        text_only=True).effective_params)
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text("".join(json.dumps({"text": f"sample text number {i} about slicing"}) + "\n"
+                                   for i in range(40)))
+    result = run_search(SearchSettings(str(runtime_model), tmp_path / "s", max_params=budget, calibration=calibration,
+                                       max_evals=20, window=32, calibration_tokens=256, strategy=strategy))
+    assert facts.num_layers == 35 and result.summary["frontier"]
+    assert all(entry["effective_params"] <= budget for entry in result.summary["frontier"])
+
+
+def test_a_killed_evopress_search_resumes_to_the_same_journal(tmp_path):
+    """Killed mid-run (SIGKILL), then started again with the same arguments: the journal is the
+    one an uninterrupted run writes (screenings are recomputed, full evaluations replayed)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    arguments = ["--max-params", str(BUDGET), "--max-evals", "30", "--window", "64", "--calibration-tokens", "512",
+                 "--strategy", "evopress"]
+    whole = run_search(_settings(tmp_path / "whole"))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "matlab", "search", "nano", "--out", str(out), *arguments]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "candidates.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 8):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = len(journal.read_text().splitlines())
+    assert 8 <= partial < len(_records(whole.directory))
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _records(out) == _records(whole.directory)

@@ -32,8 +32,9 @@ from matlab.search.run import SearchSettings, run_search
 REPO = Path(__file__).resolve().parent.parent
 NANO = resolve_checkpoint("nano")
 runner = CliRunner()
-SEARCH = dict(max_params=2_200_000, max_evals=12, window=64, calibration_tokens=256)
-SEARCH_ARGS = ["--max-params", "2.2M", "--max-evals", "12", "--window", "64", "--calibration-tokens", "256"]
+SEARCH = dict(max_params=2_200_000, max_evals=12, window=64, calibration_tokens=256, strategy="seeded-nsga2")
+SEARCH_ARGS = ["--max-params", "2.2M", "--max-evals", "12", "--window", "64", "--calibration-tokens", "256",
+               "--strategy", "seeded-nsga2"]
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

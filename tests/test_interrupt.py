@@ -76,7 +76,7 @@ def test_an_interrupted_search_stops_at_once_and_resumes(tmp_path):
     # signal (20 did once, on a loaded machine: the test failed, not the command).
     evaluations = 60
     arguments = ["search", "nano", "--out", str(out), "--max-params", "100M", "--max-evals", str(evaluations),
-                 "--calibration-tokens", "64", "--window", "32"]
+                 "--calibration-tokens", "64", "--window", "32", "--strategy", "seeded-nsga2"]
     journal = out / "candidates.jsonl"
     # Started as a script's background job: the case in which `kill -INT` did nothing.
     process = _start(arguments, tmp_path, sigint_ignored=True)

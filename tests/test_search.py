@@ -31,12 +31,13 @@ from matlab.slicing.slicer import slice_checkpoint
 runner = CliRunner()
 NANO = resolve_checkpoint("nano")
 BUDGET = 2_200_000  # below nano-E2B's 2.38M effective parameters
-QUICK = ["--window", "64", "--calibration-tokens", "256"]
+QUICK = ["--window", "64", "--calibration-tokens", "256", "--strategy", "seeded-nsga2"]
 E2B_CONFIG = Path(__file__).resolve().parent.parent / "slice_configs" / "nano" / "nano-e2b.yaml"
 
 
 def _settings(out: Path, **fields) -> SearchSettings:
-    values = dict(max_params=BUDGET, max_evals=60, window=64, calibration_tokens=256)
+    # These tests are about seeded NSGA-II's phases (EvoPress's own: tests/test_evopress.py).
+    values = dict(max_params=BUDGET, max_evals=60, window=64, calibration_tokens=256, strategy="seeded-nsga2")
     return SearchSettings("nano", out, **{**values, **fields})
 
 

@@ -85,6 +85,7 @@ def bench_search(checkpoint: str, budgets: list[int], suite: Path, work_dir: Pat
                              "frontier": len(searched.summary["frontier"]),
                              "seconds": searched.summary["timing"]["seconds"]})
             per_budget["strategies"][strategy] = runs
+        # seeded-nsga2's best: the "search" row of the committed table (the default when it was measured)
         searched_dir = work_dir / f"{max_params}" / f"seeded-nsga2-{seeds[0]}"
         best = json.loads((searched_dir / SEARCH_FILE).read_text(encoding="utf-8"))["best"]
         compared = {"search": load_slice_config(searched_dir / best["file"])}

@@ -33,6 +33,7 @@ from matlab.nano.world import document, make_world
 from matlab.plan import SlicePlan
 from matlab.plan.accounting import count_parameters
 from matlab.progress import NO_PROGRESS, Progress
+from matlab.report.scores import score_of
 from matlab.search.run import SearchSettings, run_search
 from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
 
@@ -95,9 +96,10 @@ def _score(checkpoint: str, configs: dict[str, SliceConfig], run_dir: Path, suit
     scores = {}
     for stem in configs:
         rows = frame[frame["config_file"].str.endswith(f"/{same.get(stem, stem)}.yaml")]
-        scores[stem] = {f"{task}:{metric}": [float(value), None if stderr != stderr else float(stderr)]
-                        for task, metric, value, stderr in zip(rows["task"], rows["metric"], rows["value"],
-                                                               rows["stderr"])}
+        scores[stem] = {}
+        for row in rows.to_dict("records"):
+            score = score_of(row)  # lm-eval's stderr, or the binomial estimate under --limit
+            scores[stem][f"{row['task']}:{row['metric']}"] = [score.value, score.stderr]
     return scores
 
 

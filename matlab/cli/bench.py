@@ -195,7 +195,8 @@ def bench_search_peers_command(
     if as_json:
         console.print_json(json.dumps(result))
         return
-    metrics = sorted({key for run in result["runs"] for key in (run.get("suite") or {})})
+    metrics = sorted({key for run in result["runs"] for key in (run.get("suite") or {})
+                      if key.endswith((":acc", ":word_perplexity"))})
     table = Table("space", "budget", "strategy", "seed", "calibration", "best KL", "first within budget",
                   "seconds", *metrics, title=f"{result['max_evals']} evaluations per search")
     for run in result["runs"]:

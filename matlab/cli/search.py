@@ -94,7 +94,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
            max_evals: Annotated[int, typer.Option(min=1, help="Distinct candidates to evaluate.")] = 200,
            seed: Annotated[int, typer.Option(help="Seed of the evolutionary phase.")] = 0,
            strategy: Annotated[str, typer.Option(
-               help="seeded-nsga2 (default), or for comparison nsga2, greedy, random.")] = "seeded-nsga2",
+               help="evopress (default; EvoPress), seeded-nsga2 (sensitivities, path, NSGA-II), or for "
+                    "comparison nsga2, greedy, random.")] = "evopress",
            calibration_tokens: Annotated[int, typer.Option(min=16, help="Calibration tokens used.")] = 2048,
            window: Annotated[int, typer.Option(min=8, help="Tokens per calibration window.")] = 256,
            top_k: Annotated[int, typer.Option(min=1, help="Full-model tokens kept per position for kl.")] = 256,
@@ -132,8 +133,8 @@ def search(checkpoint: Annotated[str, typer.Argument(help="Full checkpoint direc
         console.print_json(json.dumps(summary.record))
     best = summary.best
     if best is None:
-        fail_line(f"no candidate within the budget was evaluated in {summary.evaluated} evaluations (the first "
-                  "go to the full model and one-step moves from it); run again with a larger --max-evals to go on")
+        fail_line(f"no candidate within the budget was evaluated in {summary.evaluated} evaluations; run again "
+                  "with a larger --max-evals to go on")
         raise typer.Exit(1)
     if as_json:
         return

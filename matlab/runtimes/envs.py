@@ -102,10 +102,18 @@ def install_runtime(runtime: str, log: Callable[[str], None]) -> Path:
 
 
 def _has_plugin(python: Path) -> bool:
-    """Whether the environment of `python` has this package installed (its entry points with it)."""
-    found = subprocess.run([str(python), "-c", "import importlib.metadata as m; m.distribution('matformer-lab')"],
-                           capture_output=True, cwd=python.parent)  # not where a source tree's metadata lies
-    return found.returncode == 0
+    """Whether the environment of `python` has this very package (this source tree, or this
+    version), with its entry points: another checkout's editable install does not count."""
+    found = subprocess.run([str(python), "-c", "import importlib.metadata as m, pathlib, matlab; "
+                            "print(m.version('matformer-lab')); print(pathlib.Path(matlab.__file__).parent)"],
+                           capture_output=True, text=True, cwd=python.parent)  # not where a source tree lies
+    if found.returncode:
+        return False
+    version, folder = (found.stdout.splitlines() + ["", ""])[:2]
+    from matlab import __version__
+
+    ours = Path(__file__).resolve().parents[1]
+    return Path(folder).resolve() == ours if this_package()[0] == "-e" else version == __version__
 
 
 def this_package() -> list[str]:

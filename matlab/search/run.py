@@ -38,7 +38,7 @@ from matlab.plan import SlicePlan
 from matlab.plan.tensor_formats import tensor_formats
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.runtimes import check_runtime
-from matlab.search.algorithm import STRATEGIES, Evaluator, run_algorithm
+from matlab.search.algorithm import DEFAULT_STRATEGY, STRATEGIES, Evaluator, run_algorithm
 from matlab.search.frontier import journal_record, write_frontier
 from matlab.search.journal import CONFIRM_DIR, FRONTIER_DIR, Journal, SearchError, check_directory, recorded_identity
 from matlab.search.objective import OBJECTIVES, measure_candidate
@@ -67,7 +67,7 @@ class SearchSettings:
     calibration_tokens: int = 2048
     window: int = 256
     top_k: int = 256
-    strategy: str = "seeded-nsga2"
+    strategy: str = DEFAULT_STRATEGY
     confirm_suite: Path | None = None
     confirm_limit: int | None = None
     pool: PoolSettings | None = None  # spread the evaluations over Ray workers
