@@ -1,9 +1,13 @@
 """Shared test helpers: tiny Gemma 3n configs, weight perturbation, the slice cases the
-slicer and the elastic core are both checked on."""
+slicer and the elastic core are both checked on, a command killed mid-journal."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -86,3 +90,15 @@ SLICE_CASES = {
     "skip-in-sparse-and-shared": ([0, 3, 13], [96] * 12),
     "odd-widths": ([4], [96, 256, 128, 64, 200, 256, 96, 32, 256, 1, 96, 128, 256, 160]),
 }
+
+
+def kill_when_journal_has(command: list[str], journal: Path, lines: int, seconds: float) -> int:
+    """Start `command`, SIGKILL it once `journal` holds `lines` lines (or after `seconds`), and
+    return how many lines it holds then."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < lines):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(journal.read_text().splitlines())

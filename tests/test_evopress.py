@@ -210,25 +210,18 @@ def test_a_tight_budget_on_e4b_shape_returns_a_frontier_in_20_evaluations(runtim
 def test_a_killed_evopress_search_resumes_to_the_same_journal(tmp_path):
     """Killed mid-run (SIGKILL), then started again with the same arguments: the journal is the
     one an uninterrupted run writes (screenings are recomputed, full evaluations replayed)."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from helpers import kill_when_journal_has
 
     arguments = ["--max-params", str(BUDGET), "--max-evals", "30", "--window", "64", "--calibration-tokens", "512",
                  "--strategy", "evopress"]
     whole = run_search(_settings(tmp_path / "whole"))
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "matlab", "search", "nano", "--out", str(out), *arguments]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / "candidates.jsonl"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 8):
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    partial = len(journal.read_text().splitlines())
+    partial = kill_when_journal_has(command, journal, 8, 180)
     assert 8 <= partial < len(_records(whole.directory))
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]

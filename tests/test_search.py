@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,8 @@ from matlab.search.run import SearchSettings, run_search
 from matlab.slice_config import load_slice_config
 from matlab.slicing.checks import check_config_files
 from matlab.slicing.slicer import slice_checkpoint
+
+from helpers import kill_when_journal_has
 
 runner = CliRunner()
 NANO = resolve_checkpoint("nano")
@@ -102,14 +101,8 @@ def test_killed_search_resumes_without_loss_or_duplicates(searched, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "matlab", "search", "nano", "--out", str(out), "--max-params", str(BUDGET),
                "--max-evals", "60", *QUICK]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / "candidates.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 25):
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    partial = len(journal.read_text().splitlines())
+    partial = kill_when_journal_has(command, journal, 25, 120)
     assert 25 <= partial < 60
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]

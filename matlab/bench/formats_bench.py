@@ -16,26 +16,25 @@ decided here). Candidates per minute of each search come from its own summary.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from matlab.arch.facts import ArchFacts, facts_from_checkpoint
 from matlab.arch.inventory import inventory_from_checkpoint
+from matlab.bench.suite_rows import sweep_chosen
 from matlab.core.calibration import kl_to_reference, make_calibration, reference_distributions
 from matlab.core.elastic import build_submodel
 from matlab.core.formatted import formatted_weights
 from matlab.core.loading import load_model
 from matlab.core.submodel import format_cache
 from matlab.formats import block_shape, check_format
-from matlab.harness.results import read_results
-from matlab.harness.suite import load_suite
-from matlab.harness.sweep import SweepSettings, run_sweep
 from matlab.io.resolve import resolve_checkpoint
 from matlab.plan import SlicePlan
 from matlab.plan.accounting import count_parameters
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.search.journal import SEARCH_FILE
 from matlab.search.run import SearchSettings, calibration_texts, run_search
-from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
+from matlab.slice_config import SliceConfig, load_slice_config
 from matlab.slice_config.weight_formats import WeightFormats
 
 
@@ -62,29 +61,16 @@ def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple
     facts = facts_from_checkpoint(directory)
     full = SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths))
     full_bf16 = _file_bytes(directory, _at(full, "bf16", "full-bf16"))
-    # The strategy the committed numbers (reports/benchmarks.md) were measured with.
-    common = dict(max_evals=max_evals, seed=seed, window=window, calibration_tokens=calibration_tokens,
-                  strategy="seeded-nsga2")
+    common = _search_settings(max_evals, seed, window, calibration_tokens)
     searches: dict[str, dict] = {}
 
     def search(name: str, **fields) -> Path:
         out = work_dir / "searches" / name
-        summary = run_search(SearchSettings(checkpoint, out, **common, **fields), progress=progress).summary
-        searches[name] = {"candidates_per_minute": summary["timing"]["candidates_per_minute"],
-                          "evaluated": summary["evaluated"], "seconds": summary["timing"]["seconds"],
-                          "quantize_seconds": summary["timing"].get("quantize_seconds"),
-                          "best_value": summary["best"]["value"] if summary["best"] else None}
+        searches[name] = _search_record(run_search(SearchSettings(checkpoint, out, **common, **fields),
+                                                   progress=progress).summary)
         return out
 
-    loaded = load_model(directory)
-    texts, source = calibration_texts(SearchSettings(checkpoint, work_dir, **common))
-    calibration = make_calibration(loaded.tokenizer, texts, source, window, calibration_tokens)
-    reference = reference_distributions(loaded.model, calibration, 256)
-    def objective(config: SliceConfig) -> float:
-        plan = SlicePlan.build(config, loaded.facts, config.name)
-        weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
-            if config.weight_formats else None
-        return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
+    objective = _kl_objective(checkpoint, directory, work_dir, common)
 
     result: dict = {"checkpoint": checkpoint, "full_bf16_bytes": full_bf16, "formats": list(formats),
                     "max_evals": max_evals, "seed": seed, "budgets": {}, "searches": searches}
@@ -133,24 +119,10 @@ def bench_formats_search(checkpoint: str, fractions: list[float], formats: tuple
 def _score(checkpoint: str, directory: Path, facts: ArchFacts, chosen: dict[str, SliceConfig], budget: int,
            objective, suite: Path, run_dir: Path, limit: int | None, progress: Progress) -> dict:
     """Each chosen config's bytes, objective and suite scores (at its formats)."""
-    folder = run_dir.parent / f"{run_dir.name}-configs"
-    folder.mkdir(parents=True, exist_ok=True)
-    first: dict[str, str] = {}  # submodel identity -> the first method that chose it (a sweep takes each once)
-    same = {}
-    for stem, config in chosen.items():
-        identity = SlicePlan.build(config, facts, stem).submodel_id
-        if identity in first:
-            same[stem] = first[identity]
-            continue
-        first[identity] = stem
-        (folder / f"{stem}.yaml").write_text(dump_slice_config(config.model_copy(update={"name": stem})),
-                                             encoding="utf-8")
-    run_sweep(checkpoint, sorted(folder.glob("*.yaml")), run_dir,
-              SweepSettings(load_suite(suite), limit=limit, latency_rounds=1), progress=progress)
-    frame = read_results(run_dir)
+    scored_rows, same = sweep_chosen(checkpoint, facts, chosen, suite, run_dir, limit, progress)
     scored = {"budget_bytes": budget, "configs": {}}
     for stem, config in chosen.items():
-        rows = frame[frame["config_file"].str.endswith(f"/{same.get(stem, stem)}.yaml")]
+        rows = scored_rows[stem]
         scored["configs"][stem] = {"same_as": same.get(stem),
             "bytes": _file_bytes(directory, config), "kl": objective(config),
             "effective_params": int(rows["effective_params"].iloc[0]),
@@ -159,6 +131,35 @@ def _score(checkpoint: str, directory: Path, facts: ArchFacts, chosen: dict[str,
             **{f"{task}:{metric}": float(value) for task, metric, value in zip(rows["task"], rows["metric"],
                                                                                rows["value"])}}
     return scored
+
+
+def _search_settings(max_evals: int, seed: int, window: int, calibration_tokens: int) -> dict:
+    # seeded-nsga2: the strategy the committed numbers (reports/benchmarks.md) were measured with.
+    return dict(max_evals=max_evals, seed=seed, window=window, calibration_tokens=calibration_tokens,
+                strategy="seeded-nsga2")
+
+
+def _kl_objective(checkpoint: str, directory: Path, work_dir: Path, common: dict) -> Callable[[SliceConfig], float]:
+    """The searches' own objective, KL to the full model on their calibration, for any config."""
+    loaded = load_model(directory)
+    texts, source = calibration_texts(SearchSettings(checkpoint, work_dir, **common))
+    calibration = make_calibration(loaded.tokenizer, texts, source, common["window"], common["calibration_tokens"])
+    reference = reference_distributions(loaded.model, calibration, 256)
+
+    def objective(config: SliceConfig) -> float:
+        plan = SlicePlan.build(config, loaded.facts, config.name)
+        weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
+            if config.weight_formats else None
+        return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
+
+    return objective
+
+
+def _search_record(summary) -> dict:
+    """What the benches keep of a search's summary."""
+    return {"candidates_per_minute": summary["timing"]["candidates_per_minute"], "evaluated": summary["evaluated"],
+            "seconds": summary["timing"]["seconds"], "quantize_seconds": summary["timing"].get("quantize_seconds"),
+            "best_value": summary["best"]["value"] if summary["best"] else None}
 
 
 def bench_presets_search(checkpoint: str, presets: tuple[str, ...], formats: tuple[str, ...],
@@ -174,19 +175,8 @@ def bench_presets_search(checkpoint: str, presets: tuple[str, ...], formats: tup
     directory = resolve_checkpoint(checkpoint)
     facts = facts_from_checkpoint(directory)
     full = SliceConfig(name="full", ffn_widths=tuple(facts.ffn_widths))
-    # The strategy the committed numbers (reports/benchmarks.md) were measured with.
-    common = dict(max_evals=max_evals, seed=seed, window=window, calibration_tokens=calibration_tokens,
-                  strategy="seeded-nsga2")
-    loaded = load_model(directory)
-    texts, source = calibration_texts(SearchSettings(checkpoint, work_dir, **common))
-    calibration = make_calibration(loaded.tokenizer, texts, source, window, calibration_tokens)
-    reference = reference_distributions(loaded.model, calibration, 256)
-
-    def objective(config: SliceConfig) -> float:
-        plan = SlicePlan.build(config, loaded.facts, config.name)
-        weights = formatted_weights(format_cache(loaded), plan, loaded.dtype, loaded.device) \
-            if config.weight_formats else None
-        return kl_to_reference(build_submodel(loaded.model, plan, weights), calibration, reference)
+    common = _search_settings(max_evals, seed, window, calibration_tokens)
+    objective = _kl_objective(checkpoint, directory, work_dir, common)
 
     result: dict = {"checkpoint": checkpoint, "formats": list(formats), "k_formats": list(k_formats),
                     "max_evals": max_evals, "seed": seed, "budgets": {}, "searches": {}}
@@ -196,12 +186,9 @@ def bench_presets_search(checkpoint: str, presets: tuple[str, ...], formats: tup
         chosen = {f"full-at-{preset}": downloaded}
         for name, searched in (("search-without-k", formats), ("search-with-k", k_formats)):
             out = work_dir / "searches" / f"{preset}-{name}"
-            summary = run_search(SearchSettings(checkpoint, out, max_bytes=budget, formats=searched, **common),
-                                 progress=progress).summary
-            result["searches"][f"{preset}-{name}"] = {
-                "candidates_per_minute": summary["timing"]["candidates_per_minute"],
-                "evaluated": summary["evaluated"], "quantize_seconds": summary["timing"].get("quantize_seconds"),
-                "best_value": summary["best"]["value"] if summary["best"] else None}
+            result["searches"][f"{preset}-{name}"] = _search_record(run_search(
+                SearchSettings(checkpoint, out, max_bytes=budget, formats=searched, **common),
+                progress=progress).summary)
             if (best := _best(out)) is not None:
                 chosen[name] = load_slice_config(out / best["file"]).model_copy(update={"name": name})
         result["budgets"][preset] = _score(checkpoint, directory, facts, chosen, budget, objective, suite,

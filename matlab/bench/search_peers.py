@@ -25,9 +25,7 @@ from pathlib import Path
 
 from matlab.arch.facts import facts_from_checkpoint
 from matlab.arch.inventory import inventory_from_checkpoint
-from matlab.harness.results import read_results
-from matlab.harness.suite import load_suite
-from matlab.harness.sweep import SweepSettings, run_sweep
+from matlab.bench.suite_rows import sweep_chosen
 from matlab.io.resolve import resolve_checkpoint
 from matlab.nano.world import document, make_world
 from matlab.plan import SlicePlan
@@ -35,7 +33,7 @@ from matlab.plan.accounting import count_parameters
 from matlab.progress import NO_PROGRESS, Progress
 from matlab.report.scores import score_of
 from matlab.search.run import SearchSettings, run_search
-from matlab.slice_config import SliceConfig, dump_slice_config, load_slice_config
+from matlab.slice_config import SliceConfig, load_slice_config
 
 STRATEGIES = ("seeded-nsga2", "evopress")
 FORMATS = ("q8_0", "q5_0", "q4_0")
@@ -74,28 +72,12 @@ def _space_settings(space: str, width: int, full_params: int, full_bytes: int, s
     return {**base, "formats": FORMATS, "max_bytes": int(full_bytes * share)}
 
 
-def _score(checkpoint: str, configs: dict[str, SliceConfig], run_dir: Path, suite: Path, limit: int | None,
-           progress: Progress) -> dict[str, dict]:
+def _score(checkpoint: str, facts, configs: dict[str, SliceConfig], run_dir: Path, suite: Path,
+           limit: int | None, progress: Progress) -> dict[str, dict]:
     """Each config's held-out suite scores and stderr (a config chosen twice is scored once)."""
-    folder = run_dir.parent / f"{run_dir.name}-configs"
-    folder.mkdir(parents=True, exist_ok=True)
-    facts = facts_from_checkpoint(resolve_checkpoint(checkpoint))
-    first: dict[str, str] = {}
-    same: dict[str, str] = {}
-    for stem, config in configs.items():
-        identity = SlicePlan.build(config, facts, stem).submodel_id
-        if identity in first:
-            same[stem] = first[identity]
-            continue
-        first[identity] = stem
-        (folder / f"{stem}.yaml").write_text(dump_slice_config(config.model_copy(update={"name": stem})),
-                                             encoding="utf-8")
-    run_sweep(checkpoint, sorted(folder.glob("*.yaml")), run_dir,
-              SweepSettings(load_suite(suite), limit=limit, latency_rounds=1), progress=progress)
-    frame = read_results(run_dir)
+    scored_rows, _ = sweep_chosen(checkpoint, facts, configs, suite, run_dir, limit, progress)
     scores = {}
-    for stem in configs:
-        rows = frame[frame["config_file"].str.endswith(f"/{same.get(stem, stem)}.yaml")]
+    for stem, rows in scored_rows.items():
         scores[stem] = {}
         for row in rows.to_dict("records"):
             score = score_of(row)  # lm-eval's stderr, or the binomial estimate under --limit
@@ -152,7 +134,7 @@ def bench_search_peers(suite: Path, work_dir: Path, checkpoint: str = "nano", ma
                 continue  # already run above, seed 0
             for strategy in STRATEGIES:
                 search("joint", share, strategy, seeds[0], text, path)
-    scores = _score(checkpoint, found, work_dir / "suite", suite, limit, progress)
+    scores = _score(checkpoint, facts, found, work_dir / "suite", suite, limit, progress)
     for run in result["runs"]:
         run["suite"] = scores.get(run["name"])
     return result

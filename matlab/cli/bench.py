@@ -402,19 +402,7 @@ def bench_formats_search_command(
     if as_json:
         console.print_json(json.dumps(result))
         return
-    for tag, budget in result["budgets"].items():
-        configs = budget["configs"]
-        tasks = sorted({key for config in configs.values() for key in config if ":" in key})
-        table = Table("slice", "GGUF bytes", "KL", "skipped", "widths", "formats", *tasks,
-                      title=f"budget {budget['budget_bytes']:,} bytes ({tag} of the full model's bf16 file)")
-        for stem, config in configs.items():
-            table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.4f}", str(config["layers_skipped"]),
-                          str(config["ffn_widths"]), shown(config["weight_formats"] or ""),
-                          *(f"{config[task]:.4f}" for task in tasks))
-        console.print(table)
-    for name, search in result["searches"].items():
-        say(f"{name}: {search['candidates_per_minute']} candidates/minute, {search['evaluated']} evaluated, "
-            f"best KL {search['best_value']}, quantize {search['quantize_seconds']}")
+    _print_scored_budgets(result, lambda tag: f"{tag} of the full model's bf16 file", kl_places=4)
 
 
 @bench_app.command("presets")
@@ -444,15 +432,20 @@ def bench_presets_command(
     if as_json:
         console.print_json(json.dumps(result))
         return
-    for preset, budget in result["budgets"].items():
+    _print_scored_budgets(result, lambda preset: f"the full model at {preset}", kl_places=6)
+
+
+def _print_scored_budgets(result: dict, budget_words, kl_places: int) -> None:
+    """A formats bench's configs per budget (bytes, KL, shape, formats, suite scores), then its searches."""
+    for key, budget in result["budgets"].items():
         configs = budget["configs"]
-        tasks = sorted({key for config in configs.values() for key in config if ":" in key})
+        tasks = sorted({name for config in configs.values() for name in config if ":" in name})
         table = Table("slice", "GGUF bytes", "KL", "skipped", "widths", "formats", *tasks,
-                      title=f"budget {budget['budget_bytes']:,} bytes (the full model at {preset})")
+                      title=f"budget {budget['budget_bytes']:,} bytes ({budget_words(key)})")
         for stem, config in configs.items():
-            table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.6f}", str(config["layers_skipped"]),
-                          str(config["ffn_widths"]), shown(config["weight_formats"] or ""),
-                          *(f"{config[task]:.4f}" for task in tasks))
+            table.add_row(shown(stem), f"{config['bytes']:,}", f"{config['kl']:.{kl_places}f}",
+                          str(config["layers_skipped"]), str(config["ffn_widths"]),
+                          shown(config["weight_formats"] or ""), *(f"{config[task]:.4f}" for task in tasks))
         console.print(table)
     for name, search in result["searches"].items():
         say(f"{name}: {search['candidates_per_minute']} candidates/minute, {search['evaluated']} evaluated, "
