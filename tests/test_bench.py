@@ -141,3 +141,14 @@ def test_bench_search_peers_runs_both_algorithms_in_budget_and_scores_them(tmp_p
         assert run["suite"]["nano_facts:acc"][1] is not None  # a score with its stderr
     texts = calibration_files(tmp_path / "texts")
     assert texts["world"] is None and texts["held-out"].read_text() != texts["unseen"].read_text()
+
+
+def test_bench_search_peers_bad_space_is_one_line_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from matlab.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "search-peers", "--spaces", "depth,width", "--work-dir",
+                                      str(tmp_path / "work")])
+    assert result.exit_code == 2 and "--spaces width: choose from depth, formats, joint" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "work").exists()
