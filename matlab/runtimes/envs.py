@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from matlab import __version__
 from matlab.errors import InputError, MatformerError
 from matlab.runtimes import RUNTIMES, installable
 from matlab.runtimes.base import RUNNERS
@@ -68,19 +69,18 @@ def install_runtime(runtime: str, log: Callable[[str], None]) -> Path:
         raise InputError(f"runtime {runtime}: nothing to install; choose one of {', '.join(installable())}")
     record = RUNTIMES[runtime]
     spec, directory = record.environment, env_directory(runtime)
+    python = directory / "venv" / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
     if (directory / INSTALLED).is_file():
-        if spec.plugin and not _has_plugin(directory / "venv" / "bin" / "python"):  # installed before the plugin was
-            run_step([str(directory / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
-                      *this_package()], directory, log)
+        if spec.plugin and not _has_plugin(python):  # installed before the plugin was, or from another checkout
+            run_step([*pip, "--no-deps", *this_package()], directory, log)
             log(f"{runtime}: this package's plugin installed in {directory}")
             return directory
         log(f"{runtime}: already installed in {directory}")
         return directory
     directory.mkdir(parents=True, exist_ok=True)
-    python = directory / "venv" / "bin" / "python"
     if not python.exists():
         run_step([sys.executable, "-m", "venv", str(directory / "venv")], directory, log)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
     if spec.build is not None:  # the runtime's own package, built where pip cannot install it
         extra = spec.build(record.requirement, directory, python, log)
         run_step([*pip, *spec.requirements, *extra], directory, log)
@@ -110,8 +110,6 @@ def _has_plugin(python: Path) -> bool:
     if found.returncode:
         return False
     version, folder = (found.stdout.splitlines() + ["", ""])[:2]
-    from matlab import __version__
-
     ours = Path(__file__).resolve().parents[1]
     return Path(folder).resolve() == ours if this_package()[0] == "-e" else version == __version__
 
@@ -122,8 +120,6 @@ def this_package() -> list[str]:
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "matlab" / "__init__.py").is_file():
         return ["-e", str(root)]
-    from matlab import __version__
-
     return [f"matformer-lab=={__version__}"]
 
 
